@@ -1,0 +1,1 @@
+"""SATs gateway: HTTP API, DICOM node and job store. Never imports torch."""

@@ -1,0 +1,254 @@
+"""Training and evaluation datasets: discovery of the supported layouts and preprocessing.
+
+Supported layouts (NIfTI, read with SimpleITK):
+
+``nnunet``
+    ``ROOT/imagesTr/CASE_0000.nii.gz`` and ``ROOT/labelsTr/CASE.nii.gz`` (``imagesTs`` and
+    ``labelsTs`` for the test split). The tumour is every voxel equal to ``label_value``
+    (default 1).
+``segrap``
+    SegRap2023: ``ROOT/<images>/segrap_NNNN/image.nii.gz`` (the non-contrast CT) and
+    ``ROOT/<labels>/segrap_NNNN/GTVp.nii.gz``; the label folder is the one whose name
+    ends in ``OneHot_Labels`` (its ``Task002`` subfolder when present). The tumour is the
+    union of the structures named in ``structures`` (default GTVp and GTVnd).
+``openkbp``
+    ``ROOT/<split>/pt_N/ct.nii.gz`` and ``structures.nii.gz``; the tumour is the label
+    value ``label_value`` (PTV70 = 10).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from model.errors import InputError
+from model.geometry import spacing_dhw, to_array
+from model.preprocess import body_crop
+from model.symmetry import SymmetricVolume, resample_into, symmetrize
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS = ("nnunet", "segrap", "openkbp")
+DEFAULT_SEGRAP_STRUCTURES = ("GTVp", "GTVnd")
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """Files of one case: a CT in HU and the label images whose union is the tumour."""
+
+    case_id: str
+    image: Path
+    labels: tuple[Path, ...]
+    label_value: int | None = 1
+
+
+@dataclass
+class LoadedCase:
+    """A case read from disk: CT in HU and binary tumour mask on the CT grid."""
+
+    case_id: str
+    ct: sitk.Image
+    mask: sitk.Image
+
+
+def _sorted_dirs(path: Path) -> list[Path]:
+    return sorted((p for p in path.iterdir() if p.is_dir()), key=lambda p: p.name)
+
+
+def discover(
+    root: Path,
+    layout: str,
+    split: str,
+    label_value: int | None = None,
+    structures: Sequence[str] = DEFAULT_SEGRAP_STRUCTURES,
+) -> list[CaseFiles]:
+    """List the cases of ``root`` in ``layout``.
+
+    Parameters
+    ----------
+    root
+        Dataset folder.
+    layout
+        One of :data:`LAYOUTS`.
+    split
+        ``nnunet``: ``"Tr"`` or ``"Ts"``. ``openkbp``: the subfolder (``train``,
+        ``validation``). ``segrap``: ignored.
+    label_value
+        Voxel value of the tumour (``nnunet`` default 1, ``openkbp`` default 10).
+    structures
+        SegRap2023 label files to unite.
+
+    Raises
+    ------
+    InputError
+        If the folder or a case's label is missing, or no case is found.
+    """
+    if layout not in LAYOUTS:
+        raise InputError(f"dataset layout must be one of {LAYOUTS}, got {layout!r}", code="data.layout")
+    if not root.is_dir():
+        raise InputError(f"dataset folder not found: {root}", code="data.not_found")
+    if layout == "nnunet":
+        cases = _discover_nnunet(root, split, 1 if label_value is None else label_value)
+    elif layout == "openkbp":
+        cases = _discover_openkbp(root, split, 10 if label_value is None else label_value)
+    else:
+        cases = _discover_segrap(root, structures)
+    if not cases:
+        raise InputError(f"no cases found in {root} for layout {layout!r} split {split!r}", code="data.empty")
+    return cases
+
+
+def _discover_nnunet(root: Path, split: str, label_value: int) -> list[CaseFiles]:
+    if split not in ("Tr", "Ts"):
+        raise InputError(f"nnU-Net split must be 'Tr' or 'Ts', got {split!r}", code="data.split")
+    images = root / f"images{split}"
+    labels = root / f"labels{split}"
+    if not images.is_dir():
+        raise InputError(f"folder not found: {images}", code="data.not_found")
+    cases = []
+    for image in sorted(images.glob("*_0000.nii*")):
+        case_id = image.name.split("_0000.nii")[0]
+        suffix = image.name.split("_0000")[1]
+        label = labels / f"{case_id}{suffix}"
+        if not label.is_file():
+            raise InputError(f"label not found for case {case_id}: expected {label}", code="data.missing_label")
+        cases.append(CaseFiles(case_id, image, (label,), label_value))
+    return cases
+
+
+def _discover_openkbp(root: Path, split: str, label_value: int) -> list[CaseFiles]:
+    folder = root / split
+    if not folder.is_dir():
+        raise InputError(f"OpenKBP split folder not found: {folder}", code="data.not_found")
+    cases = []
+    for case in _sorted_dirs(folder):
+        image, label = case / "ct.nii.gz", case / "structures.nii.gz"
+        if not image.is_file() or not label.is_file():
+            raise InputError(
+                f"case {case.name} lacks ct.nii.gz or structures.nii.gz in {case}", code="data.missing_label"
+            )
+        cases.append(CaseFiles(case.name, image, (label,), label_value))
+    return cases
+
+
+def _discover_segrap(root: Path, structures: Sequence[str]) -> list[CaseFiles]:
+    label_roots = [p for p in _sorted_dirs(root) if p.name.endswith("OneHot_Labels")]
+    image_roots = [p for p in _sorted_dirs(root) if p not in label_roots]
+    if len(label_roots) != 1 or len(image_roots) != 1:
+        raise InputError(
+            f"SegRap2023 layout needs one image folder and one '*OneHot_Labels' folder in {root}, "
+            f"found images {[p.name for p in image_roots]} and labels {[p.name for p in label_roots]}",
+            code="data.layout",
+        )
+    label_root = label_roots[0] / "Task002" if (label_roots[0] / "Task002").is_dir() else label_roots[0]
+    cases = []
+    for case in _sorted_dirs(image_roots[0]):
+        image = case / "image.nii.gz"
+        if not image.is_file():
+            continue
+        labels = tuple(label_root / case.name / f"{name}.nii.gz" for name in structures)
+        missing = [str(p) for p in labels if not p.is_file()]
+        if missing:
+            raise InputError(f"case {case.name}: label files not found: {missing}", code="data.missing_label")
+        cases.append(CaseFiles(case.name, image, labels, None))
+    return cases
+
+
+def load_case(files: CaseFiles) -> LoadedCase:
+    """Read a case; the mask is the union of the label files (value ``label_value`` or > 0).
+
+    Raises
+    ------
+    InputError
+        If a label's grid differs from the CT's grid.
+    """
+    ct = sitk.ReadImage(str(files.image), sitk.sitkFloat32)
+    union: np.ndarray | None = None
+    for path in files.labels:
+        label = sitk.ReadImage(str(path))
+        if label.GetSize() != ct.GetSize() or not np.allclose(label.GetSpacing(), ct.GetSpacing(), atol=1e-3):
+            raise InputError(
+                f"case {files.case_id}: label {path.name} grid {label.GetSize()} spacing "
+                f"{label.GetSpacing()} differs from the CT grid {ct.GetSize()} spacing {ct.GetSpacing()}",
+                code="data.grid_mismatch",
+            )
+        values = sitk.GetArrayFromImage(label)
+        part = values == files.label_value if files.label_value is not None else values > 0
+        union = part if union is None else union | part
+    assert union is not None
+    mask = sitk.GetImageFromArray(union.astype(np.uint8))
+    mask.CopyInformation(ct)
+    return LoadedCase(files.case_id, ct, mask)
+
+
+@dataclass
+class PreparedCase:
+    """A case in the symmetric frame, cropped to the body: HU and binary mask, ``(D, H, W)``."""
+
+    case_id: str
+    image_hu: np.ndarray
+    mask: np.ndarray
+    info: dict[str, object] = field(default_factory=dict)
+
+
+def prepare_case(
+    case: LoadedCase, spacing_dhw_mm: Sequence[float], mode: str, atlas: sitk.Image | None
+) -> PreparedCase:
+    """Symmetrize, resample and body-crop a case exactly as inference does.
+
+    The mask is resampled with linear interpolation and thresholded at 0.5.
+    """
+    symmetric: SymmetricVolume = symmetrize(case.ct, spacing_dhw_mm, mode=mode, atlas=atlas)
+    image = to_array(symmetric.image)
+    mask_sym = to_array(resample_into(case.mask, symmetric.image, symmetric.transform, default=0.0))
+    box = body_crop(image)
+    return PreparedCase(
+        case_id=case.case_id,
+        image_hu=image[box.slices].astype(np.int16),
+        mask=(mask_sym[box.slices] >= 0.5).astype(np.uint8),
+        info={"input_spacing_dhw": spacing_dhw(case.ct), "metric": symmetric.metric},
+    )
+
+
+def cache_key(files: CaseFiles, spacing_dhw_mm: Sequence[float], mode: str, atlas_sha256: str | None) -> str:
+    """Return a stable key for a prepared case, changing with every preprocessing input."""
+    description = json.dumps(
+        {
+            "files": [str(files.image), *map(str, files.labels)],
+            "label": files.label_value,
+            "spacing": list(map(float, spacing_dhw_mm)),
+            "mode": mode,
+            "atlas": atlas_sha256,
+            "version": 1,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(description.encode()).hexdigest()[:16]
+
+
+def prepare_cached(
+    files: CaseFiles,
+    cache_dir: Path,
+    spacing_dhw_mm: Sequence[float],
+    mode: str,
+    atlas: sitk.Image | None,
+    atlas_sha256: str | None,
+) -> PreparedCase:
+    """Return the prepared case from ``cache_dir``, preparing and storing it when absent."""
+    path = cache_dir / f"{files.case_id}-{cache_key(files, spacing_dhw_mm, mode, atlas_sha256)}.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            return PreparedCase(files.case_id, stored["image_hu"], stored["mask"])
+    prepared = prepare_case(load_case(files), spacing_dhw_mm, mode, atlas)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp.npz")
+    np.savez_compressed(temporary, image_hu=prepared.image_hu, mask=prepared.mask)
+    temporary.replace(path)
+    return prepared

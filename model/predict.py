@@ -1,0 +1,118 @@
+"""Whole-volume prediction: symmetrize, crop, normalise, sliding window, back to the CT grid."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from model.checkpoint import ModelMetadata, load_model, sha256_file
+from model.errors import ModelError
+from model.geometry import to_array
+from model.inference import sliding_window_probabilities
+from model.preprocess import body_crop
+from model.symmetry import SymmetricVolume, symmetrize, to_input_grid
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """Result of :meth:`Predictor.predict`, on the input CT's own grid.
+
+    Attributes
+    ----------
+    mask
+        ``(D, H, W)`` uint8 tumour mask (1 = tumour) on the CT grid.
+    probabilities
+        ``(D, H, W)`` float32 tumour probabilities on the CT grid.
+    symmetric
+        The symmetrization used (plane, transform, symmetric-frame CT).
+    timings_s
+        Seconds per stage: ``symmetrize``, ``inference``, ``resample``.
+    """
+
+    mask: np.ndarray
+    probabilities: np.ndarray
+    symmetric: SymmetricVolume
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+class Predictor:
+    """Load a model once and predict tumour masks for CT volumes.
+
+    Parameters
+    ----------
+    weights
+        ``.safetensors`` file with its ``.json`` metadata beside it.
+    atlas
+        Atlas NIfTI, needed when the model was trained in ``atlas`` symmetrization mode.
+    device
+        Torch device (default CPU).
+    step_fraction
+        Sliding-window step as a fraction of the patch.
+    mirror
+        Average with the prediction of the left-right mirror image (test-time augmentation).
+    """
+
+    def __init__(
+        self,
+        weights: Path,
+        atlas: Path | None = None,
+        device: torch.device | None = None,
+        step_fraction: float = 0.5,
+        mirror: bool = False,
+    ) -> None:
+        self.device = device or torch.device("cpu")
+        self.network, self.metadata = load_model(weights, self.device)
+        self.weights_sha256 = self.metadata.weights_sha256 or sha256_file(weights)
+        self.step_fraction = step_fraction
+        self.mirror = mirror
+        self.atlas: sitk.Image | None = None
+        if self.metadata.symmetrization == "atlas":
+            if atlas is None or not atlas.is_file():
+                raise ModelError(
+                    f"model {self.metadata.name} needs the symmetric atlas, not found: {atlas}", code="model.no_atlas"
+                )
+            self.atlas = sitk.ReadImage(str(atlas), sitk.sitkFloat32)
+
+    @property
+    def info(self) -> ModelMetadata:
+        """Metadata of the loaded model."""
+        return self.metadata
+
+    def predict(self, ct: sitk.Image) -> Prediction:
+        """Predict the tumour mask of ``ct`` (HU, any orientation) on its own grid."""
+        metadata = self.metadata
+        timings: dict[str, float] = {}
+        started = time.monotonic()
+        symmetric = symmetrize(ct, metadata.spacing_dhw_mm, mode=metadata.symmetrization, atlas=self.atlas)
+        timings["symmetrize"] = time.monotonic() - started
+
+        started = time.monotonic()
+        volume = to_array(symmetric.image)
+        box = body_crop(volume)
+        normalized = metadata.normalization.apply(volume[box.slices])
+        cropped = sliding_window_probabilities(
+            self.network,
+            normalized,
+            metadata.patch_size,
+            step_fraction=self.step_fraction,
+            mirror=self.mirror,
+            device=self.device,
+        )
+        probabilities_sym = np.zeros(volume.shape, dtype=np.float32)
+        probabilities_sym[box.slices] = cropped
+        timings["inference"] = time.monotonic() - started
+
+        started = time.monotonic()
+        probabilities = to_input_grid(probabilities_sym, symmetric, ct)
+        mask = (probabilities >= metadata.threshold).astype(np.uint8)
+        timings["resample"] = time.monotonic() - started
+        logger.debug("prediction timings %s", timings)
+        return Prediction(mask=mask, probabilities=probabilities, symmetric=symmetric, timings_s=timings)

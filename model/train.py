@@ -1,0 +1,428 @@
+"""Two-stage SATs training with resumable checkpoints.
+
+Stage 1 trains the encoder-decoder alone with Dice + BCE. Stage 2 adds the Siamese
+margin loss: with a projection head (full SATs, ``embedding="head"``), directly on the
+unit-normalised decoder features (``"features"``), or not at all (``"none"``, the plain
+network trained for the same budget). Both stages use SGD with Nesterov momentum and
+poly learning-rate decay, (1 - epoch / epochs) ** 0.9.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from model.checkpoint import ModelMetadata, save_model, sha256_file
+from model.data import CaseFiles, PreparedCase, discover, prepare_cached
+from model.errors import InputError, SymmetrizationError
+from model.inference import autocast_context, sliding_window_probabilities
+from model.losses import asymmetry_mask, margin_loss, segmentation_loss
+from model.metrics import dice_coefficient
+from model.network import NetworkConfig, SATsNetwork
+from model.preprocess import IntensityNormalization
+from model.sampling import AugmentationConfig, PatchSampler, augment
+
+logger = logging.getLogger(__name__)
+
+#: Callback after each training step: (stage, epoch, step, loss).
+StepCallback = Callable[[int, int, int, float], None]
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; stored in the checkpoint metadata.
+
+    Defaults follow the SATs paper where it states a value (SGD momentum 0.99, lr 1e-2,
+    800 + 200 epochs, head lr 1e-2 and encoder-decoder lr 1e-5 in stage 2, batch 2,
+    patch 56 x 192 x 192). The margin default is not the paper's t = 20: see
+    :func:`model.losses.margin_loss`.
+    """
+
+    data_root: Path
+    output_dir: Path
+    cache_dir: Path
+    layout: str = "nnunet"
+    train_split: str = "Tr"
+    validation_split: str | None = None
+    label_value: int | None = None
+    structures: tuple[str, ...] = ("GTVp", "GTVnd")
+    validation_fraction: float = 0.2
+    max_cases: int | None = None
+    spacing_dhw_mm: tuple[float, float, float] = (3.0, 0.8, 0.8)
+    patch_size: tuple[int, int, int] = (56, 192, 192)
+    batch_size: int = 2
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    symmetrization: str = "atlas"
+    atlas_path: Path | None = None
+    stage1_epochs: int = 800
+    stage2_epochs: int = 200
+    iterations_per_epoch: int = 250
+    learning_rate: float = 1e-2
+    head_learning_rate: float = 1e-2
+    stage2_backbone_learning_rate: float = 1e-5
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    poly_exponent: float = 0.9
+    embedding: str = "head"
+    margin: float = 1.0
+    beta: float = 1.0
+    foreground_fraction: float = 0.33
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    validate_every: int = 1
+    seed: int = 12345
+    mixed_precision: bool = True
+    device: str = "auto"
+    model_name: str = "sats"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable copy."""
+        data = asdict(self)
+        data["network"] = self.network.to_dict()
+        for key in ("data_root", "output_dir", "cache_dir", "atlas_path"):
+            data[key] = None if data[key] is None else str(data[key])
+        return data
+
+
+def poly_learning_rate(initial: float, epoch: int, epochs: int, exponent: float) -> float:
+    """Return ``initial * (1 - epoch / epochs) ** exponent``."""
+    return initial * (1 - min(epoch, epochs) / max(epochs, 1)) ** exponent
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the torch device for ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def split_cases(config: TrainConfig) -> tuple[list[CaseFiles], list[CaseFiles]]:
+    """Return (training, validation) case files.
+
+    With ``validation_split`` the validation cases come from that split; otherwise the
+    last ``validation_fraction`` of the sorted training cases are held out.
+    """
+    train = discover(config.data_root, config.layout, config.train_split, config.label_value, config.structures)
+    if config.validation_split:
+        validation = discover(
+            config.data_root, config.layout, config.validation_split, config.label_value, config.structures
+        )
+    else:
+        held_out = max(1, int(round(len(train) * config.validation_fraction)))
+        if held_out >= len(train):
+            raise InputError(f"{len(train)} cases are too few to hold out {held_out} for validation")
+        train, validation = train[:-held_out], train[-held_out:]
+    if config.max_cases is not None:
+        train = train[: config.max_cases]
+        validation = validation[: max(1, config.max_cases // 4)]
+    return train, validation
+
+
+def load_atlas(config: TrainConfig) -> tuple[sitk.Image | None, str | None]:
+    """Read the atlas for ``atlas`` mode and return it with its SHA-256."""
+    if config.symmetrization != "atlas":
+        return None, None
+    if config.atlas_path is None or not config.atlas_path.is_file():
+        raise InputError(f"atlas file not found: {config.atlas_path}", code="symmetry.no_atlas")
+    return sitk.ReadImage(str(config.atlas_path), sitk.sitkFloat32), sha256_file(config.atlas_path)
+
+
+def prepare_all(
+    files: list[CaseFiles], config: TrainConfig, atlas: sitk.Image | None, atlas_sha256: str | None
+) -> tuple[list[PreparedCase], dict[str, str]]:
+    """Prepare (or read from the cache) every case.
+
+    A case whose symmetrization fails is left out with a warning; the returned dict maps
+    each such case id to the error, and the training metadata records it.
+    """
+    prepared = []
+    excluded: dict[str, str] = {}
+    for index, case in enumerate(files, start=1):
+        try:
+            prepared.append(
+                prepare_cached(
+                    case, config.cache_dir, config.spacing_dhw_mm, config.symmetrization, atlas, atlas_sha256
+                )
+            )
+        except SymmetrizationError as error:
+            logger.warning("case %s excluded: symmetrization failed: %s [%s]", case.case_id, error, error.code)
+            excluded[case.case_id] = f"{error.code}: {error}"
+        if index % 10 == 0 or index == len(files):
+            logger.info("prepared %d of %d cases", index, len(files))
+    return prepared, excluded
+
+
+def normalize_cases(cases: list[PreparedCase], normalization: IntensityNormalization) -> list[PreparedCase]:
+    """Return copies with ``image_hu`` replaced by the normalised float32 image."""
+    return [replace(case, image_hu=normalization.apply(case.image_hu)) for case in cases]
+
+
+def _optimizer(model: SATsNetwork, stage: int, config: TrainConfig) -> torch.optim.SGD:
+    if stage == 1:
+        groups = [
+            {"params": list(model.unet.parameters()), "lr": config.learning_rate, "initial_lr": config.learning_rate}
+        ]
+    else:
+        groups = [
+            {
+                "params": list(model.unet.parameters()),
+                "lr": config.stage2_backbone_learning_rate,
+                "initial_lr": config.stage2_backbone_learning_rate,
+            }
+        ]
+        if model.head is not None:
+            groups.append(
+                {
+                    "params": list(model.head.parameters()),
+                    "lr": config.head_learning_rate,
+                    "initial_lr": config.head_learning_rate,
+                }
+            )
+    return torch.optim.SGD(
+        groups, lr=config.learning_rate, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
+    )
+
+
+def validate(model: SATsNetwork, cases: list[PreparedCase], config: TrainConfig, device: torch.device) -> float:
+    """Return the mean DSC over ``cases`` in the symmetric frame (sliding window, threshold 0.5)."""
+    scores = []
+    for case in cases:
+        probabilities = sliding_window_probabilities(
+            model.unet, case.image_hu, config.patch_size, device=device, mixed_precision=config.mixed_precision
+        )
+        scores.append(dice_coefficient(probabilities >= 0.5, case.mask > 0))
+    return float(np.mean(scores))
+
+
+class Trainer:
+    """Run or resume both training stages and write checkpoints to ``config.output_dir``.
+
+    Files written: ``state.pt`` (resumable state, loadable with ``weights_only=True``),
+    ``log.csv`` (one row per epoch), ``stage1_best`` / ``best`` / ``final`` models
+    (``.safetensors`` + ``.json``) and ``config.json``.
+    """
+
+    def __init__(self, config: TrainConfig, on_step: StepCallback | None = None) -> None:
+        if config.embedding not in SATsNetwork.EMBEDDINGS:
+            raise InputError(f"embedding must be one of {SATsNetwork.EMBEDDINGS}, got {config.embedding!r}")
+        divisor = config.network.divisor
+        if any(p % d for p, d in zip(config.patch_size, divisor, strict=True)):
+            raise InputError(f"patch size {config.patch_size} must be a multiple of {divisor} (D, H, W)")
+        self.config = config
+        self.on_step = on_step
+        self.device = resolve_device(config.device)
+        self.rng = np.random.default_rng(config.seed)
+        torch.manual_seed(config.seed)
+        self.model = SATsNetwork(config.network, embedding=config.embedding).to(self.device)
+        self.stage = 1
+        self.epoch = 0
+        self.best_dsc = -1.0
+        self.history: list[dict[str, float]] = []
+        self.normalization: IntensityNormalization | None = None
+        self.optimizer = _optimizer(self.model, 1, config)
+        self.state_path = config.output_dir / "state.pt"
+        self.data_summary: dict[str, Any] = {}
+
+    # -- persistence ---------------------------------------------------------------------
+    def save_state(self) -> None:
+        """Write the resumable state atomically."""
+        assert self.normalization is not None
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "stage": self.stage,
+            "epoch": self.epoch,
+            "best_dsc": self.best_dsc,
+            "history": self.history,
+            "normalization": self.normalization.to_dict(),
+            "rng": json.dumps(self.rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(),
+        }
+        temporary = self.state_path.with_suffix(".tmp")
+        torch.save(state, temporary)
+        temporary.replace(self.state_path)
+
+    def load_state(self) -> bool:
+        """Resume from ``state.pt`` when it exists; return whether it did."""
+        if not self.state_path.is_file():
+            return False
+        state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+        self.stage = int(state["stage"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer = _optimizer(self.model, self.stage, self.config)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.best_dsc = float(state["best_dsc"])
+        self.history = list(state["history"])
+        self.normalization = IntensityNormalization(**state["normalization"])
+        self.rng.bit_generator.state = json.loads(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        logger.info("resumed from %s at stage %d epoch %d", self.state_path, self.stage, self.epoch)
+        return True
+
+    def initialise_from(self, weights: Path) -> None:
+        """Start stage 2 from the encoder-decoder weights of a stage-1 model."""
+        from model.checkpoint import load_model
+
+        unet, metadata = load_model(weights, self.device)
+        self.model.unet.load_state_dict(unet.state_dict())
+        self.normalization = metadata.normalization
+        self.stage, self.epoch = 2, 0
+        self.optimizer = _optimizer(self.model, 2, self.config)
+        logger.info("initialised the encoder-decoder from %s; starting stage 2", weights)
+
+    def _metadata(self, metrics: dict[str, Any]) -> ModelMetadata:
+        assert self.normalization is not None
+        return ModelMetadata(
+            name=self.config.model_name,
+            network=self.config.network,
+            spacing_dhw_mm=self.config.spacing_dhw_mm,
+            patch_size=self.config.patch_size,
+            symmetrization=self.config.symmetrization,
+            normalization=self.normalization,
+            training={**self.config.to_dict(), **self.data_summary},
+            metrics=metrics,
+        )
+
+    def _write_model(self, name: str, metrics: dict[str, Any]) -> None:
+        save_model(self.model.unet, self._metadata(metrics), self.config.output_dir / f"{name}.safetensors")
+
+    # -- training ------------------------------------------------------------------------
+    def _step(self, sampler: PatchSampler) -> float:
+        config = self.config
+        batch = augment(sampler.sample(config.batch_size), config.augmentation, self.rng)
+        image, image_m = batch.image.to(self.device), batch.image_mirrored.to(self.device)
+        mask, mask_m = batch.mask.to(self.device), batch.mask_mirrored.to(self.device)
+        with autocast_context(self.device, config.mixed_precision):
+            if self.stage == 1:
+                loss = segmentation_loss(self.model.unet(image), mask)
+            else:
+                output = self.model.siamese(image, image_m)
+                loss = (segmentation_loss(output.logits, mask) + segmentation_loss(output.logits_flipped, mask_m)) / 2
+                if output.embedding is not None and output.embedding_flipped is not None:
+                    asymmetry = asymmetry_mask(mask, mask_m)
+                    loss = loss + config.beta * margin_loss(
+                        output.embedding, output.embedding_flipped, asymmetry, config.margin
+                    )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def _set_learning_rates(self, epochs: int) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = poly_learning_rate(group["initial_lr"], self.epoch, epochs, self.config.poly_exponent)
+
+    def _log_epoch(self, row: dict[str, float]) -> None:
+        self.history.append(row)
+        path = self.config.output_dir / "log.csv"
+        new = not path.is_file()
+        with path.open("a", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        logger.info(
+            "stage %d epoch %d: loss %.4f, validation DSC %s, %.0f s",
+            row["stage"],
+            row["epoch"],
+            row["loss"],
+            "n/a" if math.isnan(row["val_dsc"]) else f"{row['val_dsc']:.4f}",
+            row["seconds"],
+        )
+
+    def run(self, stages: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+        """Train the requested stages, resuming from ``state.pt`` when present.
+
+        Returns a summary with the best validation DSC and the model paths written.
+        """
+        config = self.config
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        (config.output_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        resumed = self.load_state()
+        if not resumed and self.stage == 1 and 1 not in stages:
+            raise InputError("stage 2 alone needs a stage-1 model: pass init_from or run stage 1 first")
+
+        atlas, atlas_sha256 = load_atlas(config)
+        train_files, validation_files = split_cases(config)
+        train_cases, excluded = prepare_all(train_files, config, atlas, atlas_sha256)
+        validation_cases, excluded_validation = prepare_all(validation_files, config, atlas, atlas_sha256)
+        self.data_summary = {
+            "training_cases": [c.case_id for c in train_cases],
+            "validation_cases": [c.case_id for c in validation_cases],
+            "excluded_cases": {**excluded, **excluded_validation},
+        }
+        if self.normalization is None:
+            foreground = np.concatenate([c.image_hu[c.mask > 0] for c in train_cases])
+            self.normalization = IntensityNormalization.from_foreground(foreground.astype(np.float32))
+        train_cases = normalize_cases(train_cases, self.normalization)
+        validation_cases = normalize_cases(validation_cases, self.normalization)
+        sampler = PatchSampler(train_cases, config.patch_size, config.foreground_fraction, self.rng)
+        logger.info(
+            "training on %d cases, validating on %d, device %s", len(train_cases), len(validation_cases), self.device
+        )
+
+        for stage in (1, 2):
+            if stage not in stages or stage < self.stage:
+                continue
+            if stage > self.stage:
+                self._write_model("stage1_final", {"validation_dsc": self.best_dsc})
+                self.stage, self.epoch, self.best_dsc = stage, 0, -1.0
+                self.optimizer = _optimizer(self.model, stage, config)
+            epochs = config.stage1_epochs if stage == 1 else config.stage2_epochs
+            while self.epoch < epochs:
+                self._train_epoch(sampler, validation_cases, epochs)
+
+        final_dsc = validate(self.model, validation_cases, config, self.device)
+        self._write_model("final", {"validation_dsc_symmetric_frame": final_dsc})
+        return {
+            "best_validation_dsc": self.best_dsc,
+            "final_validation_dsc": final_dsc,
+            "output_dir": str(config.output_dir),
+        }
+
+    def _train_epoch(self, sampler: PatchSampler, validation_cases: list[PreparedCase], epochs: int) -> None:
+        config = self.config
+        self._set_learning_rates(epochs)
+        self.model.train()
+        started = time.monotonic()
+        losses = []
+        for step in range(config.iterations_per_epoch):
+            loss = self._step(sampler)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at stage {self.stage} epoch {self.epoch} step {step}")
+            losses.append(loss)
+            if self.on_step is not None:
+                self.on_step(self.stage, self.epoch, step, loss)
+        self.epoch += 1
+        dsc = math.nan
+        if validation_cases and (self.epoch % config.validate_every == 0 or self.epoch == epochs):
+            dsc = validate(self.model, validation_cases, config, self.device)
+            if dsc > self.best_dsc:
+                self.best_dsc = dsc
+                self._write_model(
+                    "best" if self.stage == 2 else "stage1_best",
+                    {"validation_dsc_symmetric_frame": dsc, "stage": self.stage, "epoch": self.epoch},
+                )
+        self._log_epoch(
+            {
+                "stage": self.stage,
+                "epoch": self.epoch,
+                "loss": float(np.mean(losses)),
+                "val_dsc": dsc,
+                "lr": float(self.optimizer.param_groups[0]["lr"]),
+                "seconds": time.monotonic() - started,
+            }
+        )
+        self.save_state()

@@ -1,0 +1,123 @@
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from model.errors import InputError
+from model.geometry import corner_points, to_array
+from model.symmetry import MidSagittalPlane, find_plane_self, symmetrize, to_input_grid
+from model.synthetic import make_phantom
+
+
+def rotate_and_shift(ct, yaw_degrees, roll_degrees, shift_x_mm):
+    """Resample ``ct`` so its anatomy is turned and shifted by a known rigid motion.
+
+    Returns the moved image and the transform T with moved(p) = ct(T(p)).
+    """
+    transform = sitk.Euler3DTransform()
+    transform.SetCenter(np.mean(corner_points(ct), axis=0).tolist())
+    transform.SetRotation(0.0, math.radians(roll_degrees), math.radians(yaw_degrees))
+    transform.SetTranslation((shift_x_mm, 0.0, 0.0))
+    return sitk.Resample(ct, ct, transform, sitk.sitkLinear, -1024.0), transform
+
+
+def expected_plane(plane, transform):
+    """The plane n.p = d of the original CT, expressed in the moved CT's frame."""
+    matrix = np.asarray(transform.GetMatrix()).reshape(3, 3)
+    offset = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)))
+    normal = matrix.T @ plane.normal
+    distance = plane.offset_mm - plane.normal @ offset
+    scale = np.linalg.norm(normal)
+    return MidSagittalPlane(normal / scale, float(distance / scale))
+
+
+def test_phantom_plane_found_at_known_yaw_and_shift():
+    phantom = make_phantom(yaw_degrees=7.0, shift_x_mm=9.0, lesion_side="none")
+    plane, _ = find_plane_self(sitk.Cast(phantom.ct, sitk.sitkFloat32))
+    # The phantom's mirror plane cos(a) (x - 9) + sin(a) y = 0 has normal (cos a, sin a, 0).
+    angle = math.radians(7.0)
+    truth = MidSagittalPlane(np.array([math.cos(angle), math.sin(angle), 0.0]), 9.0 * math.cos(angle))
+    assert plane.angle_to(truth) < 1.0
+    assert abs(plane.offset_mm - truth.offset_mm) < 1.0
+
+
+def test_symmetric_frame_is_mirror_symmetric():
+    phantom = make_phantom(yaw_degrees=5.0, shift_x_mm=-6.0, lesion_side="none")
+    result = symmetrize(sitk.Cast(phantom.ct, sitk.sitkFloat32), (3.0, 2.0, 2.0), mode="self")
+    volume = to_array(result.image)
+    body = volume > -500
+    mirrored = np.flip(body, axis=-1)
+    overlap = (body & mirrored).sum() / body.sum()
+    assert overlap > 0.97
+    origin_x = result.image.GetOrigin()[0]
+    width = result.image.GetSize()[0]
+    assert origin_x + (width - 1) * result.image.GetSpacing()[0] == pytest.approx(-origin_x)
+
+
+def test_mask_round_trip_to_input_grid():
+    phantom = make_phantom(yaw_degrees=5.0, shift_x_mm=4.0, lesion_side="left")
+    ct = sitk.Cast(phantom.ct, sitk.sitkFloat32)
+    result = symmetrize(ct, (3.0, 1.5, 1.5), mode="self")
+    from model.symmetry import resample_into
+
+    lesion_sym = to_array(resample_into(phantom.lesion, result.image, result.transform, default=0.0))
+    back = to_input_grid(lesion_sym, result, ct) >= 0.5
+    original = to_array(phantom.lesion) > 0
+    dice = 2 * (back & original).sum() / (back.sum() + original.sum())
+    assert dice > 0.95
+
+
+def test_lesion_side_preserved_in_symmetric_frame():
+    phantom = make_phantom(lesion_side="left")
+    result = symmetrize(sitk.Cast(phantom.ct, sitk.sitkFloat32), (3.0, 2.0, 2.0), mode="self")
+    from model.symmetry import resample_into
+
+    lesion = to_array(resample_into(phantom.lesion, result.image, result.transform, default=0.0)) >= 0.5
+    columns = np.nonzero(lesion)[2]
+    # Identity direction: the W axis runs to patient left (+x), so the lesion is right of centre.
+    assert columns.mean() > (lesion.shape[2] - 1) / 2
+
+
+def test_unknown_mode_rejected():
+    phantom = make_phantom()
+    with pytest.raises(InputError, match="'mirror'"):
+        symmetrize(phantom.ct, (3, 2, 2), mode="mirror")
+
+
+def test_atlas_mode_needs_atlas():
+    with pytest.raises(InputError, match="needs an atlas"):
+        symmetrize(make_phantom().ct, (3, 2, 2), mode="atlas", atlas=None)
+
+
+def test_empty_volume_rejected():
+    empty = sitk.Image(20, 20, 10, sitk.sitkFloat32) - 1024.0
+    with pytest.raises(InputError, match="no voxel above"):
+        find_plane_self(empty)
+
+
+@pytest.mark.shared_data
+def test_real_ct_known_rotation_recovered(pycerr_ct):
+    """Turning the real CT by a known rotation moves the found plane accordingly."""
+    plane, _ = find_plane_self(pycerr_ct)
+    moved, transform = rotate_and_shift(pycerr_ct, yaw_degrees=8.0, roll_degrees=4.0, shift_x_mm=12.0)
+    found, _ = find_plane_self(moved)
+    truth = expected_plane(plane, transform)
+    assert found.angle_to(truth) < 0.5
+    centre = np.mean(corner_points(moved), axis=0)
+    assert found.distance_at(centre, truth) < 1.0
+    # The original plane is near the sagittal plane, the moved one is turned by ~9 degrees.
+    assert plane.angle_to(found) == pytest.approx(truth.angle_to(plane), abs=0.5)
+    assert plane.angle_to(found) > 7.0
+
+
+@pytest.mark.shared_data
+def test_real_ct_atlas_and_self_planes_agree(pycerr_ct):
+    from worker.cli_model import default_atlas
+
+    atlas = sitk.ReadImage(str(default_atlas()), sitk.sitkFloat32)
+    by_atlas = symmetrize(pycerr_ct, (4.0, 4.0, 4.0), mode="atlas", atlas=atlas)
+    by_self = symmetrize(pycerr_ct, (4.0, 4.0, 4.0), mode="self")
+    assert by_atlas.plane.angle_to(by_self.plane) < 4.0
+    centre = np.mean(corner_points(pycerr_ct), axis=0)
+    assert by_atlas.plane.distance_at(centre, by_self.plane) < 3.0

@@ -1,0 +1,92 @@
+import csv
+import json
+
+import pytest
+import SimpleITK as sitk
+
+from model.network import NetworkConfig
+from model.sampling import AugmentationConfig
+from model.synthetic import make_phantom
+from model.train import TrainConfig, Trainer, poly_learning_rate
+
+TINY = NetworkConfig(base_features=4, max_features=16, encoder_blocks=(1, 1, 1, 1, 1))
+NO_AUGMENTATION = AugmentationConfig(
+    mirror_probability=0.0, rotation_probability=0.0, scale_probability=0.0, intensity_probability=0.0
+)
+
+
+@pytest.fixture(scope="module")
+def phantom_dataset(tmp_path_factory):
+    """Six phantoms in nnU-Net layout with the lesion on alternating sides."""
+    root = tmp_path_factory.mktemp("phantoms")
+    (root / "imagesTr").mkdir()
+    (root / "labelsTr").mkdir()
+    for index in range(6):
+        phantom = make_phantom(
+            size_xyz=(72, 72, 24),
+            spacing_xyz_mm=(3.0, 3.0, 4.0),
+            yaw_degrees=3.0 * index,
+            lesion_side="left" if index % 2 else "right",
+            seed=index,
+        )
+        sitk.WriteImage(phantom.ct, str(root / "imagesTr" / f"case{index}_0000.nii.gz"))
+        sitk.WriteImage(phantom.lesion, str(root / "labelsTr" / f"case{index}.nii.gz"))
+    return root
+
+
+def config_for(root, output, **overrides):
+    settings = dict(
+        data_root=root,
+        output_dir=output,
+        cache_dir=output / "cache",
+        layout="nnunet",
+        train_split="Tr",
+        validation_fraction=0.34,
+        spacing_dhw_mm=(4.0, 4.0, 4.0),
+        patch_size=(16, 32, 32),
+        network=TINY,
+        symmetrization="self",
+        stage1_epochs=3,
+        stage2_epochs=1,
+        iterations_per_epoch=8,
+        foreground_fraction=1.0,
+        augmentation=NO_AUGMENTATION,
+        mixed_precision=False,
+        momentum=0.9,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def read_log(output):
+    with (output / "log.csv").open() as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_poly_learning_rate():
+    assert poly_learning_rate(0.01, 0, 100, 0.9) == 0.01
+    assert poly_learning_rate(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5**0.9)
+    assert poly_learning_rate(0.01, 100, 100, 0.9) == 0.0
+
+
+def test_tiny_training_lowers_loss(phantom_dataset, tmp_path):
+    output = tmp_path / "run"
+    Trainer(config_for(phantom_dataset, output)).run(stages=(1,))
+    rows = read_log(output)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert (output / "final.safetensors").is_file()
+    metadata = json.loads((output / "final.json").read_text())
+    assert metadata["training"]["symmetrization"] == "self"
+    assert len(metadata["training"]["training_cases"]) == 4
+
+
+def test_resume_continues_into_stage_two(phantom_dataset, tmp_path):
+    output = tmp_path / "run"
+    Trainer(config_for(phantom_dataset, output, stage1_epochs=1)).run(stages=(1,))
+    trainer = Trainer(config_for(phantom_dataset, output, stage1_epochs=1, embedding="head", margin=1.0))
+    trainer.run(stages=(1, 2))
+    rows = read_log(output)
+    assert [(int(r["stage"]), int(r["epoch"])) for r in rows] == [(1, 1), (2, 1)]
+    assert (output / "stage1_final.safetensors").is_file()
+    assert trainer.model.head is not None

@@ -1,0 +1,1 @@
+"""SATs worker: DICOM in and out, the job pipeline and the command line."""
