@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from model.data import CaseFiles, load_case
+from model.errors import SATsError
 from model.geometry import spacing_dhw, to_array
 from model.metrics import CaseMetrics, evaluate_masks
 from model.predict import Predictor
@@ -28,8 +30,11 @@ METRICS = ("dsc", "asd_mm", "hd95_mm")
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Return mean, std and counts per metric; NaN (undefined) values are counted, not averaged."""
-    summary: dict[str, Any] = {"cases": len(rows)}
+    """Return mean, std and counts per metric; NaN (undefined) values are counted, not averaged.
+
+    A case that failed (no prediction) has DSC 0 and undefined distances.
+    """
+    summary: dict[str, Any] = {"cases": len(rows), "failed": sum(1 for row in rows if row.get("error"))}
     for name in METRICS:
         values = np.array([float(row[name]) for row in rows], dtype=np.float64)
         defined = values[np.isfinite(values)]
@@ -65,6 +70,16 @@ def plot_dsc(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(figure)
 
 
+def _row(case_id: str, metrics: CaseMetrics, voxel_cc: float, error: str) -> dict[str, Any]:
+    return {
+        "case_id": case_id,
+        **asdict(metrics),
+        "prediction_cc": metrics.prediction_voxels * voxel_cc,
+        "reference_cc": metrics.reference_voxels * voxel_cc,
+        "error": error,
+    }
+
+
 def evaluate_cases(
     predictor: Predictor,
     cases: Sequence[CaseFiles],
@@ -72,24 +87,28 @@ def evaluate_cases(
     save_predictions: bool = False,
     on_case: Callable[[str, CaseMetrics], None] | None = None,
 ) -> dict[str, Any]:
-    """Predict every case, write ``cases.csv``, ``summary.json`` and ``dsc.png``; return the summary."""
+    """Predict every case, write ``cases.csv``, ``summary.json`` and ``dsc.png``; return the summary.
+
+    A case whose prediction raises a :class:`SATsError` (for example a failed
+    symmetrization) is recorded with its error and scores DSC 0.
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for files in cases:
         case = load_case(files)
-        prediction = predictor.predict(case.ct)
         reference = to_array(case.mask, np.uint8) > 0
         spacing = spacing_dhw(case.ct)
-        metrics = evaluate_masks(prediction.mask > 0, reference, spacing)
         voxel_cc = float(np.prod(spacing)) / 1000.0
-        rows.append(
-            {
-                "case_id": files.case_id,
-                **asdict(metrics),
-                "prediction_cc": metrics.prediction_voxels * voxel_cc,
-                "reference_cc": metrics.reference_voxels * voxel_cc,
-            }
-        )
+        try:
+            prediction = predictor.predict(case.ct)
+        except SATsError as error:
+            # The user gets no contour for this case, so it scores as a miss.
+            logger.warning("case %s failed: %s [%s]", files.case_id, error, error.code)
+            metrics = CaseMetrics(0.0, math.nan, math.nan, 0, int(reference.sum()))
+            rows.append(_row(files.case_id, metrics, voxel_cc, f"{error.code}: {error}"))
+            continue
+        metrics = evaluate_masks(prediction.mask > 0, reference, spacing)
+        rows.append(_row(files.case_id, metrics, voxel_cc, ""))
         if save_predictions:
             image = sitk.GetImageFromArray(prediction.mask)
             image.CopyInformation(case.ct)
@@ -118,7 +137,7 @@ def evaluate_cases(
 
 def format_summary(summary: dict[str, Any]) -> str:
     """Return a one-line-per-metric text summary for the terminal."""
-    lines = [f"cases: {summary['cases']}"]
+    lines = [f"cases: {summary['cases']} (failed: {summary['failed']})"]
     for name in METRICS:
         entry = summary[name]
         if entry["mean"] is None:

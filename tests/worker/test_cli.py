@@ -1,0 +1,117 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from model.checkpoint import ModelMetadata, save_model
+from model.network import NetworkConfig, ResidualUNet
+from model.preprocess import IntensityNormalization
+from model.synthetic import make_phantom
+from worker.cli import build_parser, main
+from worker.cli_model import default_atlas, default_model
+
+TINY = NetworkConfig(base_features=4, max_features=8, encoder_blocks=(1, 1, 1, 1, 1))
+SUBCOMMANDS = ["train", "evaluate", "predict", "symmetrize", "build-atlas", "info", "demo"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    metadata = ModelMetadata(
+        name="tiny-test",
+        network=TINY,
+        spacing_dhw_mm=(4.0, 4.0, 4.0),
+        patch_size=(16, 32, 32),
+        symmetrization="self",
+        normalization=IntensityNormalization(-200.0, 300.0, 40.0, 50.0),
+    )
+    save_model(ResidualUNet(TINY), metadata, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def phantom_test_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("testset")
+    (root / "imagesTs").mkdir()
+    (root / "labelsTs").mkdir()
+    for index in range(2):
+        phantom = make_phantom(size_xyz=(64, 64, 20), spacing_xyz_mm=(3.0, 3.0, 4.0), seed=index)
+        sitk.WriteImage(phantom.ct, str(root / "imagesTs" / f"p{index}_0000.nii.gz"))
+        sitk.WriteImage(phantom.lesion, str(root / "labelsTs" / f"p{index}.nii.gz"))
+    return root
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "worker.cli", "--help"], capture_output=True, text=True, check=True)
+    for name in SUBCOMMANDS:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_option_has_help(command):
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    for action in subparsers.choices[command]._actions:
+        assert action.help, f"option {action.option_strings or action.dest} of {command} has no help"
+
+
+def test_train_help_states_units(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "in mm" in text
+    assert "embedding units" in text
+
+
+def test_evaluate_writes_summary(tiny_model, phantom_test_set, tmp_path, capsys):
+    output = tmp_path / "eval"
+    code = main(["evaluate", str(phantom_test_set), "--model", str(tiny_model), "-o", str(output)])
+    assert code == 0
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["cases"] == 2
+    for metric in ("dsc", "asd_mm", "hd95_mm"):
+        assert set(summary[metric]) >= {"mean", "std", "n", "undefined"}
+    assert (output / "cases.csv").read_text().startswith("case_id,dsc,asd_mm,hd95_mm")
+    assert (output / "dsc.png").stat().st_size > 0
+    assert "dsc: mean" in capsys.readouterr().out
+
+
+def test_predict_mask_on_ct_grid(tiny_model, tmp_path):
+    phantom = make_phantom(size_xyz=(64, 64, 20), spacing_xyz_mm=(3.0, 3.0, 4.0))
+    ct_path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(phantom.ct, str(ct_path))
+    assert main(["predict", str(ct_path), "--model", str(tiny_model), "-o", str(tmp_path / "out")]) == 0
+    mask = sitk.ReadImage(str(tmp_path / "out" / "mask.nii.gz"))
+    assert mask.GetSize() == phantom.ct.GetSize()
+    assert np.allclose(mask.GetOrigin(), phantom.ct.GetOrigin())
+    assert np.allclose(mask.GetSpacing(), phantom.ct.GetSpacing())
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["model"]["name"] == "tiny-test"
+    assert report["mid_sagittal_plane"]["mode"] == "self"
+
+
+def test_predict_missing_file_names_path(tiny_model, tmp_path, caplog):
+    missing = tmp_path / "absent.nii.gz"
+    assert main(["predict", str(missing), "--model", str(tiny_model), "-o", str(tmp_path / "o")]) == 2
+    assert str(missing) in caplog.text
+    assert "input.not_found" in caplog.text
+
+
+def test_bad_spacing_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "data", "-o", "run", "--spacing", "3,4"])
+    assert "expected three values" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not default_model().is_file(), reason="shipped model not present")
+def test_demo_with_shipped_model(tmp_path, capsys):
+    assert main(["demo", "-o", str(tmp_path / "demo")]) == 0
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert "Research use only" in report["model"]["intended_use"]
+    assert (tmp_path / "demo" / "qa.png").stat().st_size > 0
+    assert default_atlas().is_file()
