@@ -4,11 +4,11 @@ Usage::
 
     python bench/msp_compare.py [--openkbp-cases N] [--output docs/msp_compare.json]
 
-Reads the real CTs in ../shared/data (the pyCERR head-and-neck CT and the first N OpenKBP
-validation CTs), finds the plane with SATs ``self`` and ``atlas`` modes and with
-``mspdetect.detect_msp``, and prints one line per case and a final JSON line with the
-angle (degrees) and offset (mm, measured along the normal through the body centroid)
-differences.
+The script reads the real CTs in ../shared/data: the pyCERR head-and-neck CT and the
+first N OpenKBP validation CTs. It finds the plane with the SATs ``self`` and ``atlas``
+modes and with ``mspdetect.detect_msp``. It prints one line per case and a final JSON
+line with the angle differences (degrees) and the offset differences (mm, measured along
+the normal through the body centroid).
 """
 
 from __future__ import annotations

@@ -223,8 +223,8 @@ def _coarse_yaw_search(fixed: sitk.Image, moving: sitk.Image, centre: np.ndarray
     """Return the rotation about z (every 2.5 degrees within +-30) that best matches the images.
 
     The mirror image of a head turned by an angle a is turned by -a, so the registration
-    must find a rotation of 2a; gradient descent alone stalls on smooth outlines beyond a
-    few degrees.
+    must find a rotation of 2a. Gradient descent alone stalls beyond a few degrees on
+    smooth outlines.
     """
     initial = sitk.Euler3DTransform()
     initial.SetCenter(centre.tolist())
@@ -427,8 +427,8 @@ def symmetrize(
     -----
     The SATs paper registers to the atlas affinely. On 10 OpenKBP validation CTs the
     12-parameter fit collapsed the slice axis (scale 0.2 to 0.6) in 8 cases, because the
-    CTs cover different lengths of the head and neck, so the default is the 7-parameter
-    similarity transform, which removes pose, tilt and head size.
+    CTs cover different lengths of the head and neck. The default is therefore the
+    7-parameter similarity transform, which removes pose, tilt and head size.
 
     Raises
     ------

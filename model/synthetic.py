@@ -1,8 +1,8 @@
 """Synthetic head-and-neck CT phantoms for the demo and the tests (no patient data).
 
 The phantom is an elliptic head and neck of soft tissue with a skull, an airway and a
-spine on the midline and a lesion on one side, optionally turned and shifted so that
-symmetrization has a known pose to undo.
+spine on the midline and a lesion on one side. It can be turned and shifted, which gives
+symmetrization a known pose to undo.
 """
 
 from __future__ import annotations

@@ -45,8 +45,8 @@ class TrainConfig:
 
     Defaults follow the SATs paper where it states a value (SGD momentum 0.99, lr 1e-2,
     800 + 200 epochs, head lr 1e-2 and encoder-decoder lr 1e-5 in stage 2, batch 2,
-    patch 56 x 192 x 192). The margin default is not the paper's t = 20: see
-    :func:`model.losses.margin_loss`.
+    patch 56 x 192 x 192). The margin default is 1, not the paper's t = 20, because unit embeddings are at most 2
+    apart and t = 20 never saturates (see :func:`model.losses.margin_loss`).
     """
 
     data_root: Path
@@ -142,8 +142,8 @@ def prepare_all(
 ) -> tuple[list[PreparedCase], dict[str, str]]:
     """Prepare (or read from the cache) every case.
 
-    A case whose symmetrization fails is left out with a warning; the returned dict maps
-    each such case id to the error, and the training metadata records it.
+    A case whose symmetrization fails is left out with a warning. The returned dict maps
+    each such case id to its error, and the training metadata records it.
     """
     prepared = []
     excluded: dict[str, str] = {}
