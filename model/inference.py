@@ -6,9 +6,11 @@ result is a tumour probability array of the same shape.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,13 +49,32 @@ def window_starts(size: int, patch: int, step_fraction: float) -> list[int]:
     return [int(round(v)) for v in np.linspace(0, size - patch, count)]
 
 
+@functools.cache
+def cpu_supports_bf16() -> bool:
+    """Return whether the CPU has native bf16 instructions (AVX512-BF16 or AMX-BF16).
+
+    Reads ``/proc/cpuinfo``, so it returns False on systems without it. Without native
+    support bf16 autocast is emulated and slower than fp32.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def autocast_context(device: torch.device, enabled: bool) -> torch.autocast | nullcontext[None]:
-    """Return bf16 autocast on CPU, fp16 on CUDA, or a no-op when ``enabled`` is false."""
+    """Return fp16 autocast on CUDA, bf16 autocast on a CPU with native bf16, else a no-op.
+
+    ``enabled=False`` always returns the no-op (fp32).
+    """
     if not enabled:
         return nullcontext()
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 @torch.no_grad()
@@ -84,7 +105,7 @@ def sliding_window_probabilities(
     device
         Torch device; the network must already be on it.
     mixed_precision
-        bf16 autocast on CPU, fp16 on CUDA.
+        fp16 autocast on CUDA, bf16 on a CPU with native bf16 (see :func:`autocast_context`).
 
     Returns
     -------

@@ -90,3 +90,17 @@ def test_resume_continues_into_stage_two(phantom_dataset, tmp_path):
     assert [(int(r["stage"]), int(r["epoch"])) for r in rows] == [(1, 1), (2, 1)]
     assert (output / "stage1_final.safetensors").is_file()
     assert trainer.model.head is not None
+
+
+def test_stage_two_from_stage_one_model(phantom_dataset, tmp_path):
+    first = tmp_path / "stage1"
+    Trainer(config_for(phantom_dataset, first, stage1_epochs=1)).run(stages=(1,))
+    second = tmp_path / "stage2"
+    trainer = Trainer(config_for(phantom_dataset, second, embedding="features", stage2_epochs=1))
+    trainer.initialise_from(first / "final.safetensors")
+    trainer.run(stages=(2,))
+    rows = read_log(second)
+    assert [(int(r["stage"]), int(r["epoch"])) for r in rows] == [(2, 1)]
+    assert (second / "best.safetensors").is_file()
+    metadata = json.loads((second / "best.json").read_text())
+    assert metadata["training"]["embedding"] == "features"
