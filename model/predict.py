@@ -79,6 +79,13 @@ class Predictor:
                 raise ModelError(
                     f"model {self.metadata.name} needs the symmetric atlas, not found: {atlas}", code="model.no_atlas"
                 )
+            expected = (self.metadata.training or {}).get("atlas_sha256")
+            if expected and sha256_file(atlas) != expected:
+                raise ModelError(
+                    f"atlas {atlas} is not the one model {self.metadata.name} was trained with "
+                    f"(SHA-256 {expected}); pass that atlas with --atlas",
+                    code="model.atlas_mismatch",
+                )
             self.atlas = sitk.ReadImage(str(atlas), sitk.sitkFloat32)
 
     @property

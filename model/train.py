@@ -362,6 +362,7 @@ class Trainer:
             "training_cases": [c.case_id for c in train_cases],
             "validation_cases": [c.case_id for c in validation_cases],
             "excluded_cases": {**excluded, **excluded_validation},
+            "atlas_sha256": atlas_sha256,
         }
         if self.normalization is None:
             foreground = np.concatenate([c.image_hu[c.mask > 0] for c in train_cases])
@@ -384,7 +385,11 @@ class Trainer:
             while self.epoch < epochs:
                 self._train_epoch(sampler, validation_cases, epochs)
 
-        final_dsc = validate(self.model, validation_cases, config, self.device)
+        last = self.history[-1] if self.history else None
+        if last is not None and not math.isnan(last["val_dsc"]):
+            final_dsc = float(last["val_dsc"])  # the last epoch was validated already
+        else:
+            final_dsc = validate(self.model, validation_cases, config, self.device)
         self._write_model("final", {"validation_dsc_symmetric_frame": final_dsc})
         return {
             "best_validation_dsc": self.best_dsc,
