@@ -32,7 +32,7 @@ def main(arguments: list[str]) -> int:
     metadata["name"] = name
     metadata["training_data"] = description
     metadata["metrics"] = {**metadata.get("metrics", {}), "evaluation": summary}
-    # Paths of the machine that trained the model say nothing to a user.
+    # Paths on the machine that trained the model are of no use to a user.
     for key in ("data_root", "output_dir", "cache_dir", "atlas_path"):
         metadata["training"].pop(key, None)
     target = WEIGHTS / f"{name}.safetensors"

@@ -1,7 +1,7 @@
 """Model checkpoints: safetensors weights plus a JSON metadata record.
 
-``NAME.safetensors`` holds the encoder-decoder weights only (inference needs nothing
-else). ``NAME.json`` holds everything needed to rebuild and apply the network:
+``NAME.safetensors`` contains the encoder-decoder weights only (inference needs nothing
+else). ``NAME.json`` contains everything needed to rebuild and apply the network:
 architecture, voxel spacing, patch size, symmetrization mode, intensity normalisation,
 training data and metrics, code version and the SHA-256 of the weights file.
 """

@@ -246,7 +246,8 @@ class SiameseOutput:
 
     For a voxel ``v`` the pair ``embedding[..., v]`` / ``embedding_flipped[..., v]``
     compares the anatomy at ``v`` with the anatomy at the mirror position of ``v``,
-    because the flipped branch sees the mirror image at ``v``.
+    because the flipped branch receives the mirror image, whose voxel ``v`` shows the
+    mirror position.
     """
 
     logits: torch.Tensor
