@@ -77,9 +77,9 @@ def margin_loss(
         L = mean_v [ (1 - m(v)) * d(v)^2 + m(v) * max(0, t - d(v))^2 ]
 
     so symmetric voxels (m = 0) pull the embeddings together and asymmetric tumour
-    voxels (m = 1) push them at least ``t`` apart. This follows the published text; the
-    formula as printed in the paper puts the two indicator terms the other way round,
-    which would pull tumour voxels together and is taken to be a typo.
+    voxels (m = 1) push them at least ``t`` apart. This follows the text of the SATs
+    paper. Its printed formula puts the two indicator terms the other way round, which
+    would pull tumour voxels together, so it is taken to be a typo.
 
     Parameters
     ----------

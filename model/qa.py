@@ -28,8 +28,8 @@ def write_qa_png(
     path
         PNG file to write.
     superior_last
-        Whether the last slice is the most superior one (true for an identity direction
-        in LPS); coronal and sagittal views are drawn with the head at the top.
+        Whether the last slice is the most superior one, as with an identity direction
+        in LPS. Coronal and sagittal views are drawn with the head at the top.
     """
     import matplotlib
 

@@ -1,27 +1,13 @@
 import pytest
 import SimpleITK as sitk
 
-from model.checkpoint import ModelMetadata, save_model
 from model.errors import ModelError
-from model.network import NetworkConfig, ResidualUNet
 from model.predict import Predictor
-from model.preprocess import IntensityNormalization
-
-TINY = NetworkConfig(base_features=4, max_features=8, encoder_blocks=(1, 1, 1, 1, 1))
+from tests.helpers import save_tiny_model
 
 
 def atlas_model(path, atlas_sha256):
-    metadata = ModelMetadata(
-        name="tiny-atlas",
-        network=TINY,
-        spacing_dhw_mm=(4.0, 4.0, 4.0),
-        patch_size=(16, 32, 32),
-        symmetrization="atlas",
-        normalization=IntensityNormalization(-200.0, 300.0, 40.0, 50.0),
-        training={"atlas_sha256": atlas_sha256},
-    )
-    save_model(ResidualUNet(TINY), metadata, path)
-    return path
+    return save_tiny_model(path, "tiny-atlas", symmetrization="atlas", training={"atlas_sha256": atlas_sha256})
 
 
 def test_atlas_model_needs_atlas(tmp_path):

@@ -5,33 +5,18 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
-from model.checkpoint import ModelMetadata, save_model
-from model.network import NetworkConfig, ResidualUNet
-from model.preprocess import IntensityNormalization
 from model.synthetic import make_phantom
+from tests.helpers import save_tiny_model
 from worker.cli import build_parser, main
 from worker.cli_model import default_atlas, default_model
 
-TINY = NetworkConfig(base_features=4, max_features=8, encoder_blocks=(1, 1, 1, 1, 1))
 SUBCOMMANDS = ["train", "evaluate", "predict", "symmetrize", "build-atlas", "info", "demo"]
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    metadata = ModelMetadata(
-        name="tiny-test",
-        network=TINY,
-        spacing_dhw_mm=(4.0, 4.0, 4.0),
-        patch_size=(16, 32, 32),
-        symmetrization="self",
-        normalization=IntensityNormalization(-200.0, 300.0, 40.0, 50.0),
-    )
-    save_model(ResidualUNet(TINY), metadata, path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors", "tiny-test")
 
 
 @pytest.fixture(scope="module")
