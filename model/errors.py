@@ -34,3 +34,9 @@ class ModelError(SATsError):
     """The model checkpoint is missing, corrupt or incompatible."""
 
     code = "model.invalid"
+
+
+class OutputError(SATsError):
+    """A result could not be encoded as the requested output (RTSTRUCT, SEG, report)."""
+
+    code = "output.invalid"

@@ -33,13 +33,18 @@ class Prediction:
         ``(D, H, W)`` float32 tumour probabilities on the CT grid.
     symmetric
         The symmetrization used (plane, transform, symmetric-frame CT).
+    symmetric_probabilities
+        ``(D, H, W)`` float32 tumour probabilities on the symmetric grid
+        (``symmetric.image``), where flipping the W axis mirrors the anatomy.
     timings_s
-        Seconds per stage: ``symmetrize``, ``inference``, ``resample``.
+        Seconds per stage: ``symmetrize``, ``preprocess`` (crop and normalise),
+        ``infer`` (sliding window) and ``postprocess`` (back to the CT grid, threshold).
     """
 
     mask: np.ndarray
     probabilities: np.ndarray
     symmetric: SymmetricVolume
+    symmetric_probabilities: np.ndarray
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -105,6 +110,9 @@ class Predictor:
         volume = to_array(symmetric.image)
         box = body_crop(volume)
         normalized = metadata.normalization.apply(volume[box.slices])
+        timings["preprocess"] = time.monotonic() - started
+
+        started = time.monotonic()
         cropped = sliding_window_probabilities(
             self.network,
             normalized,
@@ -115,11 +123,17 @@ class Predictor:
         )
         probabilities_sym = np.zeros(volume.shape, dtype=np.float32)
         probabilities_sym[box.slices] = cropped
-        timings["inference"] = time.monotonic() - started
+        timings["infer"] = time.monotonic() - started
 
         started = time.monotonic()
         probabilities = to_input_grid(probabilities_sym, symmetric, ct)
         mask = (probabilities >= metadata.threshold).astype(np.uint8)
-        timings["resample"] = time.monotonic() - started
+        timings["postprocess"] = time.monotonic() - started
         logger.debug("prediction timings %s", timings)
-        return Prediction(mask=mask, probabilities=probabilities, symmetric=symmetric, timings_s=timings)
+        return Prediction(
+            mask=mask,
+            probabilities=probabilities,
+            symmetric=symmetric,
+            symmetric_probabilities=probabilities_sym,
+            timings_s=timings,
+        )

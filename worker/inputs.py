@@ -1,0 +1,88 @@
+"""Input locations for a job: a folder of DICOM files, or a zip archive of one."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+from model.errors import InputError
+
+#: Most entries accepted in one zip archive.
+MAX_ZIP_ENTRIES = 20_000
+
+#: Most bytes accepted once a zip archive is extracted (8 GiB, about 16,000 CT slices of
+#: 512 x 512 x 16 bit), a guard against archives that expand without bound.
+MAX_ZIP_BYTES = 8 * 1024**3
+
+
+def _check_entry(name: str) -> PurePosixPath:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or (path.parts and ":" in path.parts[0]):
+        raise InputError(f"zip entry {name!r} has an absolute path; archives must be relative", code="input.zip_unsafe")
+    if ".." in path.parts:
+        raise InputError(f"zip entry {name!r} points outside the archive ('..')", code="input.zip_unsafe")
+    return path
+
+
+def extract_zip(archive: Path, destination: Path) -> None:
+    """Extract ``archive`` into ``destination`` after checking every entry.
+
+    Raises
+    ------
+    InputError
+        ``input.zip_invalid`` if it is not a readable zip file, ``input.zip_unsafe`` for an
+        absolute or ``..`` path, ``input.zip_too_large`` past :data:`MAX_ZIP_ENTRIES` or
+        :data:`MAX_ZIP_BYTES`.
+    """
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            entries = [info for info in bundle.infolist() if not info.is_dir()]
+            if len(entries) > MAX_ZIP_ENTRIES:
+                raise InputError(
+                    f"zip archive has {len(entries)} files, more than the limit of {MAX_ZIP_ENTRIES}",
+                    code="input.zip_too_large",
+                )
+            total = sum(info.file_size for info in entries)
+            if total > MAX_ZIP_BYTES:
+                raise InputError(
+                    f"zip archive expands to {total / 1024**3:.1f} GiB, more than the limit of "
+                    f"{MAX_ZIP_BYTES / 1024**3:.0f} GiB",
+                    code="input.zip_too_large",
+                )
+            targets = [(info, destination.joinpath(*_check_entry(info.filename).parts)) for info in entries]
+            for info, target in targets:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with bundle.open(info) as source, target.open("wb") as sink:
+                    shutil.copyfileobj(source, sink, length=1024 * 1024)
+    except zipfile.BadZipFile as error:
+        raise InputError(f"{archive} is not a valid zip archive: {error}", code="input.zip_invalid") from error
+
+
+@contextmanager
+def input_folder(path: Path) -> Iterator[Path]:
+    """Yield a folder of DICOM files for ``path``: the folder itself, or a zip extracted to a temporary folder.
+
+    Raises
+    ------
+    InputError
+        ``input.not_found`` if ``path`` does not exist; see :func:`extract_zip` for archives.
+    """
+    if path.is_dir():
+        yield path
+        return
+    if not path.is_file():
+        raise InputError(
+            f"input not found: {path}; give a folder of DICOM files or a zip of one", code="input.not_found"
+        )
+    if not zipfile.is_zipfile(path):
+        raise InputError(
+            f"input {path} is a file but not a zip archive; give a folder of DICOM files or a zip of one",
+            code="input.not_a_folder",
+        )
+    with tempfile.TemporaryDirectory(prefix="sats-input-") as folder:
+        extract_zip(path, Path(folder))
+        yield Path(folder)

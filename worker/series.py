@@ -1,0 +1,618 @@
+"""Read one planning CT series from DICOM files into a HU volume on its own grid.
+
+Rules, in the order they are applied:
+
+1. Every file under the input folder is read with pydicom (Part-10 files and bare data
+   sets, any byte order). Files that are not DICOM are skipped with a warning.
+2. Files are grouped by SeriesInstanceUID. Localizers (ImageType value 3 ``LOCALIZER``)
+   and objects without pixel data are excluded with a warning naming their SOP Instance
+   UID. Series are never mixed.
+3. Without an explicit series UID the CT series is chosen automatically: modality CT,
+   axial (slice normal within 45 degrees of the patient's head-feet axis), most slices.
+   A tie between the largest candidates is an error that lists them.
+4. Slices are ordered only by ImagePositionPatient projected on the slice normal
+   (``ImageOrientationPatient`` row x column); InstanceNumber and SliceLocation are
+   ignored. Copies of one image are dropped with a warning; two different images at one
+   position are rejected.
+5. The grid must be orthogonal and regular: one orientation, one pixel spacing, slices
+   stepping along their normal by one spacing. A gantry-tilted (sheared) stack, missing
+   slices and non-uniform spacing are rejected with the positions involved, because
+   contours must lie on the original slices and resampling would move them off.
+6. Pixels are decoded per slice with that slice's own BitsStored, PixelRepresentation,
+   RescaleSlope and RescaleIntercept. Voxels equal to PixelPaddingValue (or inside the
+   padding range) become air (-1024 HU).
+
+Any patient position (head or feet first; supine, prone or decubitus) and any oblique
+orientation is accepted: the volume is placed in the patient frame (LPS) through its
+direction matrix, and symmetrization works in that frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings as python_warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
+
+from model.errors import InputError
+from model.geometry import AIR_HU
+
+logger = logging.getLogger(__name__)
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_STORAGES = {
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT Image Storage",
+}
+
+#: Slices closer than this along the normal (mm) are at one position.
+SAME_POSITION_MM = 0.01
+
+#: Largest in-plane offset (mm) between neighbouring slice origins that still counts as
+#: an orthogonal stack. A gantry-tilted stack is sheared by step * tan(tilt).
+MAX_SHEAR_MM = 0.01
+
+#: Accepted deviation of a slice step from the median step: the larger of these two.
+SPACING_TOLERANCE_MM = 0.01
+SPACING_TOLERANCE_FRACTION = 0.01
+
+#: Tolerance on the unit length and orthogonality of the ImageOrientationPatient vectors,
+#: and on differences of orientation between slices.
+ORIENTATION_TOLERANCE = 1e-3
+
+#: A series is axial when its slice normal is within this angle of the patient z axis.
+AXIAL_MAX_ANGLE_DEG = 45.0
+
+GEOMETRY_TAGS = (
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+    "FrameOfReferenceUID",
+    "RescaleSlope",
+    "RescaleIntercept",
+)
+
+
+@dataclass(frozen=True)
+class ReadWarning:
+    """A condition found in the input that did not stop reading, shown to the user."""
+
+    code: str
+    message: str
+    sop_instance_uid: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"code": self.code, "message": self.message, "sop_instance_uid": self.sop_instance_uid}
+
+
+@dataclass(frozen=True)
+class SeriesCandidate:
+    """Summary of one series found in the input, used to choose and to report."""
+
+    series_instance_uid: str
+    modality: str
+    images: int
+    axial: bool
+
+    def describe(self) -> str:
+        kind = "axial" if self.axial else "not axial"
+        return f"{self.series_instance_uid} ({self.modality}, {self.images} images, {kind})"
+
+
+@dataclass
+class CTSeries:
+    """A CT series on its own grid.
+
+    Attributes
+    ----------
+    image
+        CT in HU (float32) with the series geometry: origin at the first slice's
+        ImagePositionPatient, direction columns (row direction, column direction, slice
+        normal), spacing (column spacing, row spacing, slice step) in mm.
+    datasets
+        The slice headers in volume order: ``datasets[k]`` is slice ``k`` of the
+        ``(D, H, W)`` array. Pixel data is not kept.
+    positions_lps
+        ``(D, 3)`` ImagePositionPatient of each slice (mm, LPS).
+    warnings
+        Everything excluded or dropped while reading, in the order found.
+    candidates
+        Every series found in the input.
+    """
+
+    image: sitk.Image
+    datasets: list[Dataset]
+    positions_lps: np.ndarray
+    warnings: list[ReadWarning] = field(default_factory=list)
+    candidates: list[SeriesCandidate] = field(default_factory=list)
+
+    @property
+    def hu(self) -> np.ndarray:
+        """Read-only ``(D, H, W)`` float32 view of the voxels in HU."""
+        return sitk.GetArrayViewFromImage(self.image)
+
+    @property
+    def series_instance_uid(self) -> str:
+        return str(self.datasets[0].SeriesInstanceUID)
+
+    @property
+    def study_instance_uid(self) -> str:
+        return str(self.datasets[0].StudyInstanceUID)
+
+    @property
+    def frame_of_reference_uid(self) -> str:
+        return str(self.datasets[0].FrameOfReferenceUID)
+
+    @property
+    def spacing_dhw_mm(self) -> tuple[float, float, float]:
+        sx, sy, sz = self.image.GetSpacing()  # (x, y, z) -> (D, H, W)
+        return (float(sz), float(sy), float(sx))
+
+    @property
+    def slice_count(self) -> int:
+        return len(self.datasets)
+
+
+def list_files(folder: Path) -> list[Path]:
+    """Return every regular file below ``folder``, sorted, skipping hidden names.
+
+    Raises
+    ------
+    InputError
+        ``input.not_found`` if the folder does not exist, ``input.empty`` if it has no file.
+    """
+    if not folder.is_dir():
+        raise InputError(f"input folder not found: {folder}", code="input.not_found")
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    if not files:
+        raise InputError(f"input folder {folder} contains no files", code="input.empty")
+    return files
+
+
+def _read_header(path: Path) -> Dataset | None:
+    """Read ``path`` with pixel data deferred; return None if it is not DICOM."""
+    if path.stat().st_size == 0:
+        return None
+    try:
+        with python_warnings.catch_warnings():
+            # force=True makes pydicom guess at non-DICOM bytes and warn about it.
+            python_warnings.simplefilter("ignore", UserWarning)
+            dataset = pydicom.dcmread(path, force=True, defer_size=1024)
+    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError, OverflowError, AttributeError):
+        return None
+    # force=True parses any bytes; a real image or object has a SOP Class UID.
+    try:
+        sop_class = dataset.get("SOPClassUID")
+    except Exception:  # noqa: BLE001 - pydicom raises many types on garbage elements
+        return None
+    if not sop_class:
+        return None
+    return dataset
+
+
+def _is_localizer(dataset: Dataset) -> bool:
+    image_type = dataset.get("ImageType")
+    if image_type is None:
+        return False
+    values = [str(v).upper() for v in (image_type if isinstance(image_type, Sequence) else [image_type])]
+    return len(values) > 2 and values[2] == "LOCALIZER"
+
+
+def _orientation(dataset: Dataset) -> np.ndarray | None:
+    value = dataset.get("ImageOrientationPatient")
+    if value is None or len(value) != 6:
+        return None
+    return np.asarray([float(v) for v in value], dtype=np.float64)
+
+
+def _is_axial(dataset: Dataset) -> bool:
+    orientation = _orientation(dataset)
+    if orientation is None:
+        return False
+    normal = np.cross(orientation[:3], orientation[3:])
+    length = float(np.linalg.norm(normal))
+    if length == 0.0:
+        return False
+    return abs(float(normal[2])) / length >= math.cos(math.radians(AXIAL_MAX_ANGLE_DEG))
+
+
+def scan_files(paths: Iterable[Path]) -> tuple[dict[str, list[Dataset]], list[ReadWarning]]:
+    """Read the headers of ``paths`` and group the DICOM images by SeriesInstanceUID.
+
+    Returns the image data sets per series (localizers and non-image objects excluded)
+    and the warnings for everything skipped.
+    """
+    series: dict[str, list[Dataset]] = defaultdict(list)
+    warnings: list[ReadWarning] = []
+    not_dicom = 0
+    for path in paths:
+        dataset = _read_header(path)
+        if dataset is None:
+            not_dicom += 1
+            continue
+        sop_uid = str(dataset.get("SOPInstanceUID", "")) or None
+        series_uid = dataset.get("SeriesInstanceUID")
+        if not series_uid:
+            warnings.append(ReadWarning("file.no_series_uid", "object without SeriesInstanceUID ignored", sop_uid))
+            continue
+        if "PixelData" not in dataset:
+            sop_class = UID(str(dataset.SOPClassUID))
+            warnings.append(
+                ReadWarning("file.not_image", f"non-image object ({sop_class.name}) excluded from the series", sop_uid)
+            )
+            continue
+        if _is_localizer(dataset):
+            warnings.append(ReadWarning("file.localizer", "localizer image excluded from the series", sop_uid))
+            continue
+        series[str(series_uid)].append(dataset)
+    if not_dicom:
+        warnings.append(ReadWarning("file.not_dicom", f"{not_dicom} file(s) that are not DICOM were skipped"))
+    for warning in warnings:
+        logger.warning("%s: %s (SOP Instance UID %s)", warning.code, warning.message, warning.sop_instance_uid)
+    return dict(series), warnings
+
+
+def _candidates(series: dict[str, list[Dataset]]) -> list[SeriesCandidate]:
+    found = []
+    for uid, datasets in series.items():
+        modality = str(datasets[0].get("Modality", "") or "unknown")
+        found.append(SeriesCandidate(uid, modality, len(datasets), _is_axial(datasets[0])))
+    return sorted(found, key=lambda c: (-c.images, c.series_instance_uid))
+
+
+def choose_series(candidates: Sequence[SeriesCandidate], series_uid: str | None = None) -> SeriesCandidate:
+    """Choose the CT series to segment (see the module rules).
+
+    Raises
+    ------
+    InputError
+        ``series.not_found``, ``series.not_ct`` or ``series.ambiguous``, listing the
+        candidates.
+    """
+    listing = "; ".join(c.describe() for c in candidates) or "none"
+    if series_uid is not None:
+        for candidate in candidates:
+            if candidate.series_instance_uid == series_uid:
+                if candidate.modality != "CT":
+                    raise InputError(
+                        f"series {series_uid} has modality {candidate.modality}, not CT", code="series.not_ct"
+                    )
+                return candidate
+        raise InputError(f"series {series_uid} is not in the input; series found: {listing}", code="series.not_found")
+    usable = [c for c in candidates if c.modality == "CT" and c.axial]
+    if not usable:
+        raise InputError(
+            f"the input contains no axial CT image series; series found: {listing}. "
+            "Send the planning CT, or name a series with --series",
+            code="series.not_ct",
+        )
+    best = usable[0]
+    tied = [c for c in usable if c.images == best.images]
+    if len(tied) > 1:
+        raise InputError(
+            f"{len(tied)} axial CT series have {best.images} images each; name one with --series. "
+            f"Candidates: {'; '.join(c.describe() for c in tied)}",
+            code="series.ambiguous",
+        )
+    return best
+
+
+def read_ct_series(folder: Path, series_uid: str | None = None) -> CTSeries:
+    """Read the planning CT series found in ``folder`` (searched recursively).
+
+    Parameters
+    ----------
+    folder
+        Folder of DICOM files; other files are skipped with a warning.
+    series_uid
+        SeriesInstanceUID to read; by default the series is chosen by the module rules.
+
+    Returns
+    -------
+    CTSeries
+        The volume in HU with its geometry, the sorted headers and every warning.
+
+    Raises
+    ------
+    InputError
+        With a stable ``code`` (``series.*``) naming the problem and the values involved.
+    """
+    series, warnings = scan_files(list_files(folder))
+    candidates = _candidates(series)
+    chosen = choose_series(candidates, series_uid)
+    for candidate in candidates:
+        if candidate is not chosen:
+            warnings.append(ReadWarning("series.ignored", f"series {candidate.describe()} was not segmented"))
+    ct = build_volume(series[chosen.series_instance_uid])
+    ct.warnings[:0] = warnings
+    ct.candidates = candidates
+    logger.info(
+        "read series %s: %d slices, grid %s, spacing %s mm",
+        ct.series_instance_uid,
+        ct.slice_count,
+        ct.image.GetSize(),
+        tuple(round(s, 4) for s in ct.image.GetSpacing()),
+    )
+    return ct
+
+
+def _check_tags(datasets: Sequence[Dataset]) -> None:
+    for dataset in datasets:
+        sop_uid = dataset.get("SOPInstanceUID", "unknown")
+        sop_class = str(dataset.get("SOPClassUID", ""))
+        if sop_class in ENHANCED_CT_STORAGES:
+            raise InputError(
+                f"{ENHANCED_CT_STORAGES[sop_class]} (multi-frame) is not supported yet (SOP Instance UID "
+                f"{sop_uid}); export the series as single-frame CT Image Storage",
+                code="series.enhanced_ct_unsupported",
+            )
+        for keyword in GEOMETRY_TAGS:
+            value = dataset.get(keyword)
+            if value is None or value == "":
+                raise InputError(
+                    f"slice {sop_uid} has no {keyword}; the geometry cannot be trusted, so the series is rejected",
+                    code="series.missing_tag",
+                )
+        if len(dataset.ImagePositionPatient) != 3 or len(dataset.PixelSpacing) != 2:
+            raise InputError(
+                f"slice {sop_uid} has ImagePositionPatient {list(dataset.ImagePositionPatient)} and PixelSpacing "
+                f"{list(dataset.PixelSpacing)}; expected 3 and 2 values",
+                code="series.invalid_tag",
+            )
+        if min(float(v) for v in dataset.PixelSpacing) <= 0:
+            raise InputError(
+                f"slice {sop_uid} has PixelSpacing {list(dataset.PixelSpacing)}; spacing must be positive",
+                code="series.invalid_tag",
+            )
+        _check_transfer_syntax(dataset)
+        photometric = str(dataset.get("PhotometricInterpretation", ""))
+        if photometric != "MONOCHROME2" or int(dataset.get("SamplesPerPixel", 1)) != 1:
+            raise InputError(
+                f"slice {sop_uid} has PhotometricInterpretation {photometric!r} and SamplesPerPixel "
+                f"{dataset.get('SamplesPerPixel')}; a CT must be MONOCHROME2 with 1 sample per pixel",
+                code="series.unsupported_photometric",
+            )
+
+
+def _check_transfer_syntax(dataset: Dataset) -> None:
+    meta = getattr(dataset, "file_meta", None)
+    syntax_uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax_uid is None:
+        return  # a bare data set: pydicom found implicit or explicit VR little or big endian
+    syntax = UID(str(syntax_uid))
+    if not syntax.is_compressed:
+        return
+    try:
+        available = get_decoder(syntax).is_available
+    except NotImplementedError:
+        available = False
+    if not available:
+        raise InputError(
+            f"slice {dataset.get('SOPInstanceUID')} uses transfer syntax {syntax} ({syntax.name}), which this "
+            "installation cannot decode; send it uncompressed or as JPEG lossless, JPEG 2000 or RLE",
+            code="series.unsupported_transfer_syntax",
+        )
+
+
+def _check_orientation(datasets: Sequence[Dataset]) -> np.ndarray:
+    """Return the 3x3 direction matrix (columns: row, column, normal) shared by all slices."""
+    first = _orientation(datasets[0])
+    first_uid = datasets[0].get("SOPInstanceUID")
+    if first is None:
+        raise InputError(f"slice {first_uid} has an invalid ImageOrientationPatient", code="series.invalid_tag")
+    row, column = first[:3], first[3:]
+    if (
+        abs(np.linalg.norm(row) - 1) > ORIENTATION_TOLERANCE
+        or abs(np.linalg.norm(column) - 1) > ORIENTATION_TOLERANCE
+        or abs(float(row @ column)) > ORIENTATION_TOLERANCE
+    ):
+        raise InputError(
+            f"ImageOrientationPatient {first.tolist()} of slice {first_uid} is not two orthogonal unit vectors",
+            code="series.invalid_orientation",
+        )
+    for dataset in datasets[1:]:
+        other = _orientation(dataset)
+        if other is None or np.abs(other - first).max() > ORIENTATION_TOLERANCE:
+            raise InputError(
+                f"slices have different ImageOrientationPatient: {first.tolist()} (slice {first_uid}) and "
+                f"{None if other is None else other.tolist()} (slice {dataset.get('SOPInstanceUID')}); "
+                "a series must have one orientation",
+                code="series.inconsistent_orientation",
+            )
+    row = row / np.linalg.norm(row)
+    column = column - (column @ row) * row
+    column /= np.linalg.norm(column)
+    return np.stack([row, column, np.cross(row, column)], axis=1)
+
+
+def _check_grid(datasets: Sequence[Dataset]) -> None:
+    reference = datasets[0]
+    for keyword in ("Rows", "Columns", "FrameOfReferenceUID", "StudyInstanceUID"):
+        values = {str(d.get(keyword)) for d in datasets}
+        if len(values) > 1:
+            raise InputError(
+                f"slices of one series have different {keyword}: {sorted(values)}", code="series.inconsistent_grid"
+            )
+    spacing = np.asarray([float(v) for v in reference.PixelSpacing])
+    for dataset in datasets[1:]:
+        other = np.asarray([float(v) for v in dataset.PixelSpacing])
+        if np.abs(other - spacing).max() > 1e-4:
+            raise InputError(
+                f"slices have different PixelSpacing: {spacing.tolist()} and {other.tolist()} "
+                f"(slice {dataset.get('SOPInstanceUID')})",
+                code="series.inconsistent_grid",
+            )
+
+
+def decode_hu(dataset: Dataset) -> np.ndarray:
+    """Decode one slice to ``(Rows, Columns)`` float32 HU, padding voxels set to air.
+
+    Raises
+    ------
+    InputError
+        ``series.unreadable_slice`` if the pixel data cannot be decoded (for example a
+        truncated file).
+    """
+    sop_uid = dataset.get("SOPInstanceUID")
+    try:
+        raw = dataset.pixel_array
+    except Exception as error:  # noqa: BLE001 - decoders raise many types on corrupt data
+        raise InputError(
+            f"pixel data of slice {sop_uid} cannot be decoded ({type(error).__name__}: {error}); "
+            "the file may be truncated or corrupt, so the series is rejected",
+            code="series.unreadable_slice",
+        ) from error
+    expected = (int(dataset.Rows), int(dataset.Columns))
+    if raw.shape != expected:
+        raise InputError(
+            f"slice {sop_uid} decodes to shape {raw.shape}, expected Rows x Columns {expected}",
+            code="series.unreadable_slice",
+        )
+    hu = raw.astype(np.float32) * float(dataset.RescaleSlope) + float(dataset.RescaleIntercept)
+    padding = dataset.get("PixelPaddingValue")
+    if padding is not None:
+        limit = dataset.get("PixelPaddingRangeLimit")
+        low, high = sorted((int(padding), int(limit if limit is not None else padding)))
+        hu[(raw >= low) & (raw <= high)] = AIR_HU
+    return hu
+
+
+def _sort_and_deduplicate(
+    datasets: Sequence[Dataset], normal: np.ndarray, warnings: list[ReadWarning]
+) -> tuple[list[Dataset], dict[int, np.ndarray]]:
+    """Sort slices along ``normal`` and resolve slices at one position.
+
+    Returns the kept slices and the slices already decoded (by id) while comparing.
+    """
+    projections = np.asarray([float(np.asarray(d.ImagePositionPatient, dtype=np.float64) @ normal) for d in datasets])
+    order = np.argsort(projections, kind="stable")
+    kept: list[Dataset] = []
+    decoded: dict[int, np.ndarray] = {}
+    kept_projection = -math.inf
+    for index in order:
+        dataset = datasets[index]
+        if kept and projections[index] - kept_projection < SAME_POSITION_MM:
+            previous = kept[-1]
+            uid, previous_uid = dataset.get("SOPInstanceUID"), previous.get("SOPInstanceUID")
+            for item in (previous, dataset):
+                if id(item) not in decoded:
+                    decoded[id(item)] = decode_hu(item)
+            if not np.array_equal(decoded[id(previous)], decoded[id(dataset)]):
+                raise InputError(
+                    f"two different images lie at one position ({projections[index]:.3f} mm along the slice "
+                    f"normal): {previous_uid} and {uid}; remove one and send the series again",
+                    code="series.conflicting_slices",
+                )
+            same = "copy of" if uid == previous_uid else "identical to"
+            warnings.append(ReadWarning("series.duplicate_dropped", f"slice {same} {previous_uid} dropped", uid))
+            logger.warning("duplicate slice %s dropped (%s %s)", uid, same, previous_uid)
+            decoded.pop(id(dataset))
+            continue
+        kept.append(dataset)
+        kept_projection = projections[index]
+    return kept, decoded
+
+
+def _check_stack(datasets: Sequence[Dataset], direction: np.ndarray) -> tuple[np.ndarray, float]:
+    """Check that slices step along the normal by one spacing; return positions and the step."""
+    normal = direction[:, 2]
+    positions = np.asarray([[float(v) for v in d.ImagePositionPatient] for d in datasets], dtype=np.float64)
+    if len(positions) < 2:
+        raise InputError(
+            f"the series has {len(positions)} slice; at least 2 are needed for a volume", code="series.too_few_slices"
+        )
+    steps = np.diff(positions, axis=0)
+    along = steps @ normal
+    in_plane = np.linalg.norm(steps - along[:, None] * normal[None, :], axis=1)
+    worst = int(np.argmax(in_plane))
+    if in_plane[worst] > MAX_SHEAR_MM:
+        tilt = math.degrees(math.atan2(in_plane[worst], along[worst]))
+        tag = datasets[0].get("GantryDetectorTilt")
+        tag_text = f", GantryDetectorTilt {float(tag):g}" if tag not in (None, "") else ""
+        raise InputError(
+            f"the slices are sheared: neighbouring origins are offset by {in_plane[worst]:.2f} mm in plane, a "
+            f"gantry tilt of {tilt:.1f} degrees{tag_text}. Gantry-tilted series are not supported because contours "
+            "must lie on the acquired slices; reconstruct the planning CT without gantry tilt",
+            code="series.gantry_tilt",
+        )
+    step = float(np.median(along))
+    tolerance = max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_FRACTION * step)
+    bad = np.flatnonzero(np.abs(along - step) > tolerance)
+    if len(bad):
+        first = int(bad[0])
+        low, high = positions[first], positions[first + 1]
+        ratio = along[first] / step
+        where = f"between slices at z = {low[2]:.2f} mm and z = {high[2]:.2f} mm"
+        if round(ratio) >= 2 and abs(along[first] - round(ratio) * step) <= tolerance * round(ratio):
+            raise InputError(
+                f"{round(ratio) - 1} slice(s) missing {where} (step {along[first]:.3f} mm, regular step "
+                f"{step:.3f} mm); send the complete series",
+                code="series.missing_slices",
+            )
+        distinct = sorted({round(float(s), 3) for s in along})
+        raise InputError(
+            f"slice spacing is not uniform: step {along[first]:.3f} mm {where}, regular step {step:.3f} mm "
+            f"({len(bad)} irregular step(s); steps found {distinct[:6]} mm). Send a series with uniform spacing",
+            code="series.nonuniform_spacing",
+        )
+    return positions, step
+
+
+def build_volume(datasets: Sequence[Dataset]) -> CTSeries:
+    """Check, sort and decode the image data sets of one series into a :class:`CTSeries`.
+
+    Raises
+    ------
+    InputError
+        With a ``series.*`` code naming the problem; see the module rules.
+    """
+    if not datasets:
+        raise InputError("the series contains no image", code="series.empty")
+    _check_tags(datasets)
+    direction = _check_orientation(datasets)
+    _check_grid(datasets)
+    warnings: list[ReadWarning] = []
+    kept, decoded = _sort_and_deduplicate(datasets, direction[:, 2], warnings)
+    positions, step = _check_stack(kept, direction)
+
+    rows, columns = int(kept[0].Rows), int(kept[0].Columns)
+    volume = np.empty((len(kept), rows, columns), dtype=np.float32)  # (D, H, W)
+    for k, dataset in enumerate(kept):
+        volume[k] = decoded.pop(id(dataset)) if id(dataset) in decoded else decode_hu(dataset)
+        # Drop the pixel bytes; the headers stay for the output references.
+        if "PixelData" in dataset:
+            del dataset.PixelData
+
+    image = sitk.GetImageFromArray(volume)
+    row_spacing, column_spacing = (float(v) for v in kept[0].PixelSpacing)
+    image.SetSpacing((column_spacing, row_spacing, step))  # (x, y, z) index order
+    image.SetOrigin(tuple(positions[0]))
+    image.SetDirection(tuple(direction.flatten()))  # row-major 3x3, columns are the axes
+
+    angle = math.degrees(math.acos(min(1.0, abs(float(direction[2, 2])))))
+    if angle > 1.0:
+        warnings.append(
+            ReadWarning(
+                "series.oblique",
+                f"the slice normal is {angle:.1f} degrees from the patient's head-feet axis; "
+                "contours follow the acquired slices",
+            )
+        )
+    return CTSeries(image=image, datasets=list(kept), positions_lps=positions, warnings=warnings)
