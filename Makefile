@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine:
 #   make demo   install into .venv and run the shipped model on the built-in phantom
-#   make test   install into .venv (with test tools) and run lint, types and the tests
+#   make test   install into .venv (with test tools), install the Debian tools the tests
+#               use as real peers (scripts/install-system-deps.sh), run lint, types and tests
 #
 # TORCH_SPEC pins the torch build; the default matches the CPU build that pip finds on
 # these development machines. On a GPU host set TORCH_SPEC to the CUDA build you want.
@@ -10,7 +11,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PIP := $(VENV)/bin/pip
 
-.PHONY: install install-dev demo test lint
+.PHONY: install install-dev system-deps demo test lint
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,9 @@ install-dev: $(VENV)/bin/python
 	$(PIP) install --quiet "$(TORCH_SPEC)"
 	$(PIP) install --quiet -e '.[dev]'
 
+system-deps:
+	bash scripts/install-system-deps.sh
+
 demo: install
 	$(VENV)/bin/sats demo -o sats-demo
 
@@ -31,5 +35,5 @@ lint: install-dev
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint
+test: system-deps lint
 	$(VENV)/bin/pytest -ra

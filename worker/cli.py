@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from model.errors import SATsError
-from worker import cli_model
+from worker import cli_dicom, cli_model
 
 logger = logging.getLogger("sats")
 
@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(subparsers)
     cli_model.add_commands(subparsers)
+    cli_dicom.add_commands(subparsers)
     return parser
 
 
@@ -267,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # highdicom logs every module it copies at INFO; keep its warnings only.
+    logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return int(args.handler(args))
     except SATsError as error:

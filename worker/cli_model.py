@@ -26,7 +26,7 @@ def default_atlas() -> Path:
     return _weights_dir() / "atlas-hn-4mm.nii.gz"
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         type=Path,
@@ -51,7 +51,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
 
 
-def _predictor(args: argparse.Namespace) -> Any:
+def make_predictor(args: argparse.Namespace) -> Any:
     import torch
 
     from model.predict import Predictor
@@ -86,7 +86,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-cases", type=int, default=None, help="evaluate only the first N cases")
     parser.add_argument("--save-predictions", action="store_true", help="also write each predicted mask as NIfTI")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-    _add_model_options(parser)
+    add_model_options(parser)
     parser.set_defaults(handler=_run_evaluate)
 
     parser = subparsers.add_parser(
@@ -97,7 +97,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("ct", type=Path, help="CT volume in HU readable by SimpleITK")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-    _add_model_options(parser)
+    add_model_options(parser)
     parser.set_defaults(handler=_run_predict)
 
     parser = subparsers.add_parser(
@@ -141,20 +141,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", type=Path, default=default_model(), help="model weights (default: shipped model)")
     parser.set_defaults(handler=_run_info)
 
-    parser = subparsers.add_parser(
-        "demo",
-        help="run the shipped model on a built-in synthetic phantom",
-        description="Generate a synthetic head-and-neck phantom CT (no patient data) with a one-sided "
-        "lesion, turned 6 degrees and shifted 8 mm, then symmetrize it, predict with the shipped model "
-        "and write the CT, the mask, a QA picture and a JSON report into OUTPUT. The phantom is not "
-        "anatomy the model was trained on; the run shows the pipeline, not accuracy.",
-    )
-    parser.add_argument(
-        "-o", "--output", type=Path, default=Path("sats-demo"), help="output folder (default ./sats-demo)"
-    )
-    _add_model_options(parser)
-    parser.set_defaults(handler=_run_demo)
-
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from model.data import discover
@@ -164,7 +150,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     cases = discover(args.data_root, args.layout, args.split or default_split, args.label)
     if args.max_cases:
         cases = cases[: args.max_cases]
-    predictor = _predictor(args)
+    predictor = make_predictor(args)
     summary = evaluate_cases(predictor, cases, args.output, save_predictions=args.save_predictions)
     print(format_summary(summary))
     print(f"wrote {args.output / 'summary.json'}, {args.output / 'cases.csv'} and {args.output / 'dsc.png'}")
@@ -213,7 +199,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     if not args.ct.is_file():
         raise InputError(f"CT file not found: {args.ct}", code="input.not_found")
     ct = sitk.ReadImage(str(args.ct), sitk.sitkFloat32)
-    predictor = _predictor(args)
+    predictor = make_predictor(args)
     prediction = predictor.predict(ct)
     report = _write_prediction(ct, prediction, predictor, args.output, {"input": args.ct.name})
     print(json.dumps(report, indent=2))
@@ -275,31 +261,4 @@ def _run_info(args: argparse.Namespace) -> int:
     info["full_size_default_parameters"] = count_parameters(ResidualUNet(NetworkConfig()))
     info["published_parameters"] = 30_700_000
     print(json.dumps(info, indent=2))
-    return 0
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    import SimpleITK as sitk
-
-    from model.synthetic import make_phantom
-
-    phantom = make_phantom(yaw_degrees=6.0, shift_x_mm=8.0, lesion_side="left")
-    args.output.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(phantom.ct, str(args.output / "phantom_ct.nii.gz"), True)
-    sitk.WriteImage(phantom.lesion, str(args.output / "phantom_lesion.nii.gz"), True)
-    ct = sitk.Cast(phantom.ct, sitk.sitkFloat32)
-    predictor = _predictor(args)
-    prediction = predictor.predict(ct)
-    report = _write_prediction(
-        ct,
-        prediction,
-        predictor,
-        args.output,
-        {
-            "input": "synthetic phantom (yaw 6 degrees, shift 8 mm, lesion on the left)",
-            "expected_plane_yaw_degrees": 6.0,
-        },
-    )
-    print(json.dumps(report, indent=2))
-    print(f"wrote {args.output}/: phantom_ct.nii.gz, mask.nii.gz, qa.png, report.json")
     return 0

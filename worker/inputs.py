@@ -11,10 +11,10 @@ from pathlib import Path, PurePosixPath
 
 from model.errors import InputError
 
-#: Most entries accepted in one zip archive.
+#: Maximum number of files in one zip archive.
 MAX_ZIP_ENTRIES = 20_000
 
-#: Most bytes accepted once a zip archive is extracted (8 GiB, about 16,000 CT slices of
+#: Maximum total size of the files in a zip archive once extracted (8 GiB, about 16,000 CT slices of
 #: 512 x 512 x 16 bit), a guard against archives that expand without bound.
 MAX_ZIP_BYTES = 8 * 1024**3
 

@@ -40,10 +40,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from model.errors import InputError
 from model.geometry import AIR_HU
@@ -204,7 +204,20 @@ def _read_header(path: Path) -> Dataset | None:
         return None
     if not sop_class:
         return None
+    _set_transfer_syntax(dataset)
     return dataset
+
+
+def _set_transfer_syntax(dataset: Dataset) -> None:
+    """Record the encoding pydicom found for a data set read without a Part-10 header."""
+    meta = dataset.file_meta if hasattr(dataset, "file_meta") else None
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return
+    implicit_vr, little_endian = dataset.original_encoding
+    syntax = ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian
+    if meta is None:
+        dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = syntax
 
 
 def _is_localizer(dataset: Dataset) -> bool:

@@ -7,11 +7,11 @@ import pytest
 import SimpleITK as sitk
 
 from model.synthetic import make_phantom
+from tests.conftest import shared_path
 from tests.helpers import save_tiny_model
 from worker.cli import build_parser, main
-from worker.cli_model import default_atlas, default_model
 
-SUBCOMMANDS = ["train", "evaluate", "predict", "symmetrize", "build-atlas", "info", "demo"]
+SUBCOMMANDS = ["train", "evaluate", "predict", "symmetrize", "build-atlas", "info", "segment", "demo"]
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +93,24 @@ def test_bad_spacing_rejected(capsys):
     assert "expected three values" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not default_model().is_file(), reason="shipped model not present")
 def test_demo_with_shipped_model(tmp_path, capsys):
-    assert main(["demo", "-o", str(tmp_path / "demo")]) == 0
-    report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert "Research use only" in report["model"]["intended_use"]
-    assert (tmp_path / "demo" / "qa.png").stat().st_size > 0
-    assert default_atlas().is_file()
+    output = tmp_path / "demo"
+    assert main(["demo", "-o", str(output)]) == 0
+    report = json.loads((output / "report.json").read_text())
+    assert "Research use only" in report["intended_use"]
+    assert report["input"]["slice_count"] == len(list((output / "ct").iterdir()))
+    for name in ("rtstruct.dcm", "seg.dcm", "qa.png"):
+        assert (output / name).stat().st_size > 0
+    assert "wrote rtstruct.dcm, seg.dcm, qa.png" in capsys.readouterr().out
+
+
+def test_segment_rejects_tilted_series(tmp_path, caplog):
+    assert main(["segment", str(shared_path("odd-gantry-tilt-head-ge")), "-o", str(tmp_path)]) == 2
+    assert "series.gantry_tilt" in caplog.text
+    assert not (tmp_path / "rtstruct.dcm").exists()
+
+
+def test_segment_missing_input_named(tmp_path, caplog):
+    assert main(["segment", str(tmp_path / "nothing"), "-o", str(tmp_path / "out")]) == 2
+    assert "input.not_found" in caplog.text
+    assert "nothing" in caplog.text

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install the Debian tools the tests run as real peers, when they are missing:
+#   dciodvfy (dicom3tools)  DICOM conformance checker for every object we write
+#   dcmconv, dcmcjpeg (dcmtk)  encodings of the synthetic test series
+#   plastimatch             independent RTSTRUCT rasteriser for the round-trip test
+set -euo pipefail
+
+declare -A PACKAGE_OF=([dciodvfy]=dicom3tools [dcmconv]=dcmtk [dcmcjpeg]=dcmtk [plastimatch]=plastimatch)
+missing=()
+for tool in "${!PACKAGE_OF[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("${PACKAGE_OF[$tool]}")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+packages=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: $packages; install them with: sudo apt-get install $packages" >&2
+    exit 1
+fi
+echo "installing Debian packages: $packages"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086 # word splitting of the package list is intended
+apt-get install -y -qq --no-install-recommends $packages >/dev/null
