@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine:
-#   make demo   install into .venv and run the shipped model on the built-in phantom
+#   make demo   install into .venv, write a synthetic DICOM CT series and segment it
 #   make test   install into .venv (with test tools), install the Debian tools the tests
 #               use as real peers (scripts/install-system-deps.sh), run lint, types and tests
 #

@@ -132,3 +132,19 @@ def test_pycerr_with_shipped_model(tmp_path):
     assert rtstruct.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID == ct.FrameOfReferenceUID
     assert _errors(tmp_path / "rtstruct.dcm") == []
     assert _errors(tmp_path / "seg.dcm") == []
+
+
+@pytest.mark.shared_data
+def test_series_smaller_than_patch(tmp_path):
+    from worker.cli_model import default_atlas, default_model
+
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    for source in sorted(shared_path("hn-ct-pycerr").glob("IMG_*.dcm"))[20:32]:
+        (folder / source.name).symlink_to(source)
+    predictor = Predictor(default_model(), atlas=default_atlas())
+    depth_mm = predictor.info.patch_size[0] * predictor.info.spacing_dhw_mm[0]
+    report = segment_series(folder, tmp_path / "out", predictor)
+    assert report["input"]["slice_count"] * 3.0 < depth_mm
+    assert report["input"]["slice_count"] == 12
+    assert _errors(tmp_path / "out" / "rtstruct.dcm") == []
