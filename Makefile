@@ -3,8 +3,9 @@
 #   make test   install into .venv (with test tools), install the Debian tools the tests
 #               use as real peers (scripts/install-system-deps.sh), run lint, types and tests
 #
-# TORCH_SPEC pins the torch build; the default matches the CPU build that pip finds on
-# these development machines. On a GPU host set TORCH_SPEC to the CUDA build you want.
+# TORCH_SPEC pins the torch version; pip finds a CPU build of it on the development
+# machines. On a GPU host, install the CUDA build of that version into .venv first (see the
+# README); the pin is then already met and the CUDA build stays.
 
 PYTHON ?= python3
 VENV ?= .venv

@@ -14,6 +14,7 @@ def write_qa_png(
     spacing_dhw_mm: Sequence[float],
     path: Path,
     superior_last: bool = True,
+    direction: np.ndarray | None = None,
 ) -> None:
     """Write three orthogonal views through the mask's centre (or the volume centre if empty).
 
@@ -30,6 +31,10 @@ def write_qa_png(
     superior_last
         Whether the last slice is the most superior one, as with an identity direction
         in LPS. Coronal and sagittal views are drawn with the head at the top.
+    direction
+        3 x 3 direction matrix of the grid (columns: the LPS directions of the W, H and D
+        axes), used to letter the image edges with the patient directions (R/L, A/P,
+        S/I). No letters without it.
     """
     import matplotlib
 
@@ -47,16 +52,44 @@ def write_qa_png(
         ("coronal", ct_hu[:, h, :], mask[:, h, :], sd / sw),
         ("sagittal", ct_hu[:, :, w], mask[:, :, w], sd / sh),
     ]
+    # Array axes shown along each view's (rows, columns): 0 = D, 1 = H, 2 = W.
+    shown_axes = {"axial": (1, 2), "coronal": (0, 2), "sagittal": (0, 1)}
+    indices = {"axial": (d, ct_hu.shape[0]), "coronal": (h, ct_hu.shape[1]), "sagittal": (w, ct_hu.shape[2])}
     figure, axes = plt.subplots(1, 3, figsize=(12, 4.4))
     for axis, (title, image, contour, aspect) in zip(axes, views, strict=True):
         origin = "upper" if title == "axial" or not superior_last else "lower"
         axis.imshow(image, cmap="gray", vmin=-160, vmax=240, aspect=aspect, origin=origin)
         if contour.any():
             axis.contour(contour.astype(float), levels=[0.5], colors="#ff3030", linewidths=1.0, origin=origin)
-        axis.set_title(title)
+        index, count = indices[title]
+        axis.set_title(f"{title} ({index + 1} of {count})")
         axis.set_axis_off()
+        if direction is not None:
+            row_axis, column_axis = shown_axes[title]
+            _letter_edges(axis, direction, row_axis, column_axis, rows_point_up=origin == "lower")
     volume_cc = float(mask.sum()) * sd * sh * sw / 1000.0
     figure.suptitle(f"SATs prediction (research use only): {volume_cc:.1f} cc")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
+
+
+_LPS_LETTERS = (("R", "L"), ("A", "P"), ("I", "S"))  # (negative, positive) along x, y, z
+
+
+def _letter(vector: np.ndarray) -> str:
+    """Return the patient direction (R, L, A, P, I or S) closest to an LPS ``vector``."""
+    main = int(np.argmax(np.abs(vector)))
+    return _LPS_LETTERS[main][int(vector[main] > 0)]
+
+
+def _letter_edges(axis: object, direction: np.ndarray, row_axis: int, column_axis: int, rows_point_up: bool) -> None:
+    """Write the patient direction at the four edges of one view."""
+    lps_of_array_axis = {0: direction[:, 2], 1: direction[:, 1], 2: direction[:, 0]}  # (D, H, W) -> LPS
+    right = lps_of_array_axis[column_axis]
+    up = lps_of_array_axis[row_axis] if rows_point_up else -lps_of_array_axis[row_axis]
+    style = {"color": "#ffd000", "fontsize": 11, "fontweight": "bold", "transform": axis.transAxes}  # type: ignore[attr-defined]
+    axis.text(0.98, 0.5, _letter(right), ha="right", va="center", **style)  # type: ignore[attr-defined]
+    axis.text(0.02, 0.5, _letter(-right), ha="left", va="center", **style)  # type: ignore[attr-defined]
+    axis.text(0.5, 0.98, _letter(up), ha="center", va="top", **style)  # type: ignore[attr-defined]
+    axis.text(0.5, 0.02, _letter(-up), ha="center", va="bottom", **style)  # type: ignore[attr-defined]

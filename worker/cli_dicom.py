@@ -45,7 +45,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "error code when the input is rejected. Research use only, not for clinical use.",
     )
     parser.add_argument("input", type=Path, help="folder (or zip) of DICOM files with the planning CT series")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder (created if missing)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output folder, created if missing; files of an earlier run there are replaced",
+    )
     parser.add_argument(
         "--series",
         default=None,

@@ -78,7 +78,7 @@ def input_folder(path: Path) -> Iterator[Path]:
         raise InputError(
             f"input not found: {path}; give a folder of DICOM files or a zip of one", code="input.not_found"
         )
-    if not zipfile.is_zipfile(path):
+    if path.suffix.lower() != ".zip" and not zipfile.is_zipfile(path):
         raise InputError(
             f"input {path} is a file but not a zip archive; give a folder of DICOM files or a zip of one",
             code="input.not_a_folder",

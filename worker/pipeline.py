@@ -19,6 +19,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from model import __version__
+from model.errors import OutputError
 from model.geometry import LR_AXIS
 from model.predict import Prediction, Predictor
 from model.qa import write_qa_png
@@ -140,7 +141,8 @@ def _write_outputs(
         }
 
     superior_last = ct.image.GetDirection()[8] > 0  # slice normal has a +z (head) component
-    write_qa_png(ct.hu, prediction.mask, ct.spacing_dhw_mm, output / QA_FILE, superior_last)
+    direction = np.asarray(ct.image.GetDirection()).reshape(3, 3)
+    write_qa_png(ct.hu, prediction.mask, ct.spacing_dhw_mm, output / QA_FILE, superior_last, direction)
     outputs["qa_png"] = QA_FILE
     return outputs
 
@@ -190,6 +192,10 @@ def segment_series(
         If a later stage fails.
     """
     options = options or SegmentOptions()
+    if output.exists() and not output.is_dir():
+        raise OutputError(
+            f"output {output} exists and is not a folder; give a new or existing folder", code="output.not_a_folder"
+        )
     started_job = time.monotonic()
     timings: dict[str, float] = {}
 

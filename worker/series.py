@@ -182,7 +182,10 @@ def list_files(folder: Path) -> list[Path]:
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
     if not files:
-        raise InputError(f"input folder {folder} contains no files", code="input.empty")
+        raise InputError(
+            f"input folder {folder} contains no files; give the folder that contains the CT's DICOM files",
+            code="input.empty",
+        )
     return files
 
 
@@ -276,9 +279,14 @@ def scan_files(paths: Iterable[Path]) -> tuple[dict[str, list[Dataset]], list[Re
             continue
         series[str(series_uid)].append(dataset)
     if not_dicom:
-        warnings.append(ReadWarning("file.not_dicom", f"{not_dicom} file(s) that are not DICOM were skipped"))
+        warnings.append(
+            ReadWarning("file.not_dicom", f"{not_dicom} file(s) that are not DICOM or are empty were skipped")
+        )
     for warning in warnings:
-        logger.warning("%s: %s (SOP Instance UID %s)", warning.code, warning.message, warning.sop_instance_uid)
+        if warning.sop_instance_uid:
+            logger.warning("%s: %s (SOP Instance UID %s)", warning.code, warning.message, warning.sop_instance_uid)
+        else:
+            logger.warning("%s: %s", warning.code, warning.message)
     return dict(series), warnings
 
 
@@ -311,9 +319,9 @@ def choose_series(candidates: Sequence[SeriesCandidate], series_uid: str | None 
         raise InputError(f"series {series_uid} is not in the input; series found: {listing}", code="series.not_found")
     usable = [c for c in candidates if c.modality == "CT" and c.axial]
     if not usable:
+        hint = "name one of them with --series if it is the planning CT" if candidates else "no DICOM image was found"
         raise InputError(
-            f"the input contains no axial CT image series; series found: {listing}. "
-            "Send the planning CT, or name a series with --series",
+            f"the input contains no axial CT image series; series found: {listing} ({hint})",
             code="series.not_ct",
         )
     best = usable[0]
@@ -357,11 +365,10 @@ def read_ct_series(folder: Path, series_uid: str | None = None) -> CTSeries:
     ct.warnings[:0] = warnings
     ct.candidates = candidates
     logger.info(
-        "read series %s: %d slices, grid %s, spacing %s mm",
+        "read series %s: grid %s (D, H, W), spacing %s mm",
         ct.series_instance_uid,
-        ct.slice_count,
-        ct.image.GetSize(),
-        tuple(round(s, 4) for s in ct.image.GetSpacing()),
+        ct.hu.shape,
+        tuple(round(s, 4) for s in ct.spacing_dhw_mm),
     )
     return ct
 

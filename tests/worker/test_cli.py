@@ -114,3 +114,17 @@ def test_segment_missing_input_named(tmp_path, caplog):
     assert main(["segment", str(tmp_path / "nothing"), "-o", str(tmp_path / "out")]) == 2
     assert "input.not_found" in caplog.text
     assert "nothing" in caplog.text
+
+
+def test_segment_output_file_rejected_first(tmp_path, caplog):
+    target = tmp_path / "afile"
+    target.write_text("x")
+    assert main(["segment", str(tmp_path), "-o", str(target)]) == 2
+    assert "output.not_a_folder" in caplog.text
+
+
+def test_segment_truncated_zip_named(tmp_path, caplog):
+    archive = tmp_path / "ct.zip"
+    archive.write_bytes(b"PK\x03\x04 truncated")
+    assert main(["segment", str(archive), "-o", str(tmp_path / "out")]) == 2
+    assert "input.zip_invalid" in caplog.text
