@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,20 +99,28 @@ class Predictor:
         """Metadata of the loaded model."""
         return self.metadata
 
-    def predict(self, ct: sitk.Image) -> Prediction:
-        """Predict the tumour mask of ``ct`` (HU, any orientation) on its own grid."""
+    def predict(self, ct: sitk.Image, on_stage: Callable[[str], None] | None = None) -> Prediction:
+        """Predict the tumour mask of ``ct`` (HU, any orientation) on its own grid.
+
+        ``on_stage`` is called with each stage name (``symmetrize``, ``preprocess``,
+        ``infer``, ``postprocess``) as the stage starts, for progress reports.
+        """
         metadata = self.metadata
         timings: dict[str, float] = {}
+        notify = on_stage or (lambda stage: None)
+        notify("symmetrize")
         started = time.monotonic()
         symmetric = symmetrize(ct, metadata.spacing_dhw_mm, mode=metadata.symmetrization, atlas=self.atlas)
         timings["symmetrize"] = time.monotonic() - started
 
+        notify("preprocess")
         started = time.monotonic()
         volume = to_array(symmetric.image)
         box = body_crop(volume)
         normalized = metadata.normalization.apply(volume[box.slices])
         timings["preprocess"] = time.monotonic() - started
 
+        notify("infer")
         started = time.monotonic()
         cropped = sliding_window_probabilities(
             self.network,
@@ -125,6 +134,7 @@ class Predictor:
         probabilities_sym[box.slices] = cropped
         timings["infer"] = time.monotonic() - started
 
+        notify("postprocess")
         started = time.monotonic()
         probabilities = to_input_grid(probabilities_sym, symmetric, ct)
         mask = (probabilities >= metadata.threshold).astype(np.uint8)

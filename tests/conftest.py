@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
+
+#: Redis database of the service tests, kept apart from anything else on the server.
+SERVICE_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+#: API key of the service tests (its digest is configured below, before any import of the app).
+TEST_API_KEY = "test-key-0123456789abcdef"
+
+os.environ["SATS_REDIS_URL"] = SERVICE_REDIS_URL
+os.environ["SATS_API_KEY_SHA256"] = hashlib.sha256(TEST_API_KEY.encode()).hexdigest()
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -28,29 +28,31 @@ def _check_entry(name: str) -> PurePosixPath:
     return path
 
 
-def extract_zip(archive: Path, destination: Path) -> None:
-    """Extract ``archive`` into ``destination`` after checking every entry.
+def extract_zip(
+    archive: Path, destination: Path, max_entries: int = MAX_ZIP_ENTRIES, max_bytes: int = MAX_ZIP_BYTES
+) -> list[Path]:
+    """Extract ``archive`` into ``destination`` after checking every entry; return the files written.
 
     Raises
     ------
     InputError
         ``input.zip_invalid`` if it is not a readable zip file, ``input.zip_unsafe`` for an
-        absolute or ``..`` path, ``input.zip_too_large`` past :data:`MAX_ZIP_ENTRIES` or
-        :data:`MAX_ZIP_BYTES`.
+        absolute or ``..`` path, ``input.zip_too_large`` past ``max_entries`` files or
+        ``max_bytes`` extracted bytes (defaults :data:`MAX_ZIP_ENTRIES`, :data:`MAX_ZIP_BYTES`).
     """
     try:
         with zipfile.ZipFile(archive) as bundle:
             entries = [info for info in bundle.infolist() if not info.is_dir()]
-            if len(entries) > MAX_ZIP_ENTRIES:
+            if len(entries) > max_entries:
                 raise InputError(
-                    f"zip archive has {len(entries)} files, more than the limit of {MAX_ZIP_ENTRIES}",
+                    f"zip archive has {len(entries)} files, more than the limit of {max_entries}",
                     code="input.zip_too_large",
                 )
             total = sum(info.file_size for info in entries)
-            if total > MAX_ZIP_BYTES:
+            if total > max_bytes:
                 raise InputError(
-                    f"zip archive expands to {total / 1024**3:.1f} GiB, more than the limit of "
-                    f"{MAX_ZIP_BYTES / 1024**3:.0f} GiB",
+                    f"zip archive expands to {total / 1024**2:.1f} MiB, more than the limit of "
+                    f"{max_bytes / 1024**2:.0f} MiB",
                     code="input.zip_too_large",
                 )
             targets = [(info, destination.joinpath(*_check_entry(info.filename).parts)) for info in entries]
@@ -58,6 +60,7 @@ def extract_zip(archive: Path, destination: Path) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with bundle.open(info) as source, target.open("wb") as sink:
                     shutil.copyfileobj(source, sink, length=1024 * 1024)
+            return [target for _, target in targets]
     except zipfile.BadZipFile as error:
         raise InputError(f"{archive} is not a valid zip archive: {error}", code="input.zip_invalid") from error
 

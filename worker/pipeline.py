@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,12 +178,28 @@ def _result_summary(ct: CTSeries, prediction: Prediction, predictor: Predictor) 
     }
 
 
+#: Pipeline stages in order, with the fraction of a typical job done when each starts.
+STAGE_PROGRESS = {
+    "load": 0.0,
+    "symmetrize": 0.05,
+    "preprocess": 0.35,
+    "infer": 0.4,
+    "postprocess": 0.85,
+    "write": 0.9,
+}
+
+
 def segment_series(
-    input_path: Path, output: Path, predictor: Predictor, options: SegmentOptions | None = None
+    input_path: Path,
+    output: Path,
+    predictor: Predictor,
+    options: SegmentOptions | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Segment the CT series in ``input_path`` (folder or zip) and write the results to ``output``.
 
     Returns the job report, which is also written to ``output/report.json``.
+    ``on_stage`` is called with each stage name of :data:`STAGE_PROGRESS` as it starts.
 
     Raises
     ------
@@ -198,16 +215,19 @@ def segment_series(
         )
     started_job = time.monotonic()
     timings: dict[str, float] = {}
+    notify = on_stage or (lambda stage: None)
 
+    notify("load")
     started = time.monotonic()
     with input_folder(input_path) as folder:
         ct = read_ct_series(folder, options.series_uid)
     timings["load"] = time.monotonic() - started
     logger.info("series %s: %d slices loaded", ct.series_instance_uid, ct.slice_count)
 
-    prediction = predictor.predict(ct.image)
+    prediction = predictor.predict(ct.image, on_stage=notify)
     timings.update(prediction.timings_s)
 
+    notify("write")
     started = time.monotonic()
     outputs = _write_outputs(ct, prediction, predictor, options, output)
     result = _result_summary(ct, prediction, predictor)

@@ -1,0 +1,135 @@
+"""Service settings, read from ``SATS_*`` environment variables (one typed object).
+
+The gateway and the workers read the same settings, so one environment file configures a
+deployment. docs/deployment.md lists every variable; a test keeps that table complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Settings(BaseSettings):
+    """Every setting of the gateway and the workers, with its unit and default."""
+
+    model_config = SettingsConfigDict(env_prefix="SATS_", extra="ignore")
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL of the job store and the Celery broker (database number included).",
+    )
+    data_dir: Path = Field(
+        Path("sats-data"),
+        description="Folder for received series and results, shared by the gateway and every worker "
+        "(a shared volume in docker-compose).",
+    )
+    api_key_sha256: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated SHA-256 hex digests of the accepted API keys. No key is built in; "
+        "`sats api-key` prints a new key and its digest. The gateway does not start without one.",
+    )
+    max_upload_bytes: int = Field(
+        4 * 1024**3, gt=0, description="Largest accepted request body in bytes (default 4 GiB); larger gets 413."
+    )
+    max_upload_files: int = Field(
+        5000, gt=0, description="Most files (DICOM parts or zip entries) in one request; more gets 413."
+    )
+    retention_hours: float = Field(
+        168.0,
+        ge=0,
+        description="Hours after which a finished job's inputs, results and record are deleted; 0 keeps them.",
+    )
+    job_time_limit_s: int = Field(
+        3600, gt=0, description="Hard time limit of one job in seconds; the worker process is replaced past it."
+    )
+    visibility_timeout_s: int = Field(
+        7200,
+        gt=0,
+        description="Seconds before Redis hands an unacknowledged job to another worker; must exceed "
+        "job_time_limit_s so that a running job is never delivered twice.",
+    )
+    max_retries: int = Field(
+        3, ge=0, description="Retries of a job after a transient fault (storage or Redis); bad input is never retried."
+    )
+    worker_heartbeat_s: float = Field(
+        10.0, gt=0, description="Seconds between worker heartbeats; a worker silent for 3 heartbeats counts as lost."
+    )
+    reaper_interval_s: float = Field(
+        30.0, gt=0, description="Seconds between the gateway's checks for lost jobs and expired data."
+    )
+    model_path: Path | None = Field(
+        None, description="Model weights (.safetensors with .json beside it); default: the shipped model."
+    )
+    atlas_path: Path | None = Field(None, description="Symmetric atlas NIfTI; default: the shipped atlas.")
+    device: str = Field(
+        "auto",
+        description="Torch device of the workers: auto (CUDA when available, else CPU with a warning), "
+        "cpu or cuda[:N].",
+    )
+    step_fraction: float = Field(0.5, gt=0, le=1, description="Sliding-window step as a fraction of the patch size.")
+    mirror_tta: bool = Field(False, description="Average with the mirror image's prediction (about 2x slower).")
+    queue: str = Field("sats", description="Celery queue of segmentation jobs.")
+    public_url: str | None = Field(
+        None,
+        description="External base URL of the gateway (for example https://sats.hospital.example), used in "
+        "DICOMweb RetrieveURL values; default: the URL of the request.",
+    )
+
+    @field_validator("api_key_sha256", mode="before")
+    @classmethod
+    def _split_digests(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip().lower() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("api_key_sha256")
+    @classmethod
+    def _check_digests(cls, value: list[str]) -> list[str]:
+        for digest in value:
+            if not _SHA256_HEX.match(digest):
+                raise ValueError(
+                    f"SATS_API_KEY_SHA256 entry {digest[:12]!r}... is not a 64-digit SHA-256 hex digest; "
+                    "store digests, not keys (see `sats api-key`)"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> Settings:
+        if self.visibility_timeout_s <= self.job_time_limit_s:
+            raise ValueError(
+                f"SATS_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed SATS_JOB_TIME_LIMIT_S "
+                f"({self.job_time_limit_s}), or a running job would be handed to a second worker"
+            )
+        return self
+
+    @property
+    def inputs_dir(self) -> Path:
+        return self.data_dir / "inputs"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+    @property
+    def incoming_dir(self) -> Path:
+        return self.data_dir / "incoming"
+
+
+def key_digest(key: str) -> str:
+    """Return the SHA-256 hex digest under which an API key is configured."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the settings read from the environment (once per process)."""
+    return Settings()

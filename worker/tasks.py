@@ -1,0 +1,179 @@
+"""Celery tasks of the workers: one ``sats.segment`` task per job.
+
+The model is loaded once per worker process, in the process that runs the tasks: with
+the default prefork pool that is the pool's child, so CUDA is first touched after the
+fork. Each attempt writes into its own folder (``results/{job}/attempt-{n}``), and the
+job store lets only one attempt complete the job, so a job that two workers ran after a
+lost worker still completes exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from typing import Any
+
+import redis
+from celery import Task
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+
+from app.settings import Settings, get_settings
+from app.store import FINAL_STATES, JobStore
+from model.errors import SATsError
+from worker.celery_app import SEGMENT_TASK, celery_app
+
+logger = logging.getLogger(__name__)
+
+_predictor: Any = None
+_store: JobStore | None = None
+_heartbeat_stop = threading.Event()
+
+
+def get_store() -> JobStore:
+    global _store
+    if _store is None:
+        _store = JobStore.from_url(get_settings().redis_url)
+    return _store
+
+
+def _make_predictor(settings: Settings) -> Any:
+    import torch
+
+    from model.predict import Predictor
+    from worker.cli_model import default_atlas, default_model
+
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            logger.warning("no CUDA device available; this worker runs on the CPU, which is much slower")
+    predictor = Predictor(
+        settings.model_path or default_model(),
+        atlas=settings.atlas_path or default_atlas(),
+        device=torch.device(device),
+        step_fraction=settings.step_fraction,
+        mirror=settings.mirror_tta,
+    )
+    logger.info("model %s loaded on %s (pid %d)", predictor.info.name, device, os.getpid())
+    return predictor
+
+
+def get_predictor() -> Any:
+    """Return this process's model, loading it on first use."""
+    global _predictor
+    if _predictor is None:
+        _predictor = _make_predictor(get_settings())
+    return _predictor
+
+
+@worker_process_init.connect
+def _load_model_in_child(**_: Any) -> None:
+    global _store
+    _store = None  # a Redis connection must not be shared across fork
+    get_predictor()
+
+
+def _beat(name: str, interval_s: float) -> None:
+    store = JobStore.from_url(get_settings().redis_url)
+    while not _heartbeat_stop.is_set():
+        try:
+            store.heartbeat(name, interval_s)
+        except redis.RedisError as error:
+            logger.warning("heartbeat of %s failed: %s", name, error)
+        _heartbeat_stop.wait(interval_s)
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    name = str(getattr(sender, "hostname", "worker"))
+    thread = threading.Thread(target=_beat, args=(name, get_settings().worker_heartbeat_s), daemon=True)
+    thread.start()
+    logger.info("worker %s ready; heartbeat every %.1f s", name, get_settings().worker_heartbeat_s)
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    _heartbeat_stop.set()
+
+
+def _outputs_with_report(report: dict[str, Any]) -> dict[str, Any]:
+    outputs = dict(report.get("outputs", {}))
+    outputs["report"] = "report.json"
+    return outputs
+
+
+@celery_app.task(name=SEGMENT_TASK, bind=True)
+def segment_job(self: Task, job_id: str) -> str:
+    """Run the segmentation job ``job_id`` and record its outcome in the job store.
+
+    Outcomes: ``completed``; ``failed`` without retry for input, model and output errors
+    (a rerun would fail the same way); a retry with back-off for transient storage and
+    Redis faults, up to ``SATS_MAX_RETRIES``; ``failed`` with ``internal.error`` for any
+    other exception. Returns the final state.
+    """
+    from worker.pipeline import STAGE_PROGRESS, SegmentOptions, segment_series
+
+    settings = get_settings()
+    store = get_store()
+    job = store.get(job_id)
+    if job is None:
+        logger.warning("job %s not found; it was deleted before it ran", job_id)
+        return "missing"
+    if job.state in FINAL_STATES:
+        logger.info("job %s is already %s; duplicate delivery ignored", job_id, job.state)
+        return job.state
+    worker_name = f"{self.request.hostname} pid {os.getpid()}"
+    job = store.mark_running(job_id, worker=worker_name)
+    if job is None:
+        return "skipped"
+    if job.attempts > settings.max_retries + 1:
+        message = (
+            f"the job was started {job.attempts} times without finishing; its worker may run out of memory "
+            "or be killed (see the worker logs)"
+        )
+        store.mark_failed(job_id, "job.too_many_attempts", message)
+        logger.error("job %s failed: %s", job_id, message)
+        return "failed"
+
+    logger.info(
+        "job %s attempt %d started on %s (series %s)", job_id, job.attempts, worker_name, job.series_instance_uid
+    )
+    attempt_dir = settings.results_dir / job_id / f"attempt-{job.attempts}"
+
+    def on_stage(stage: str) -> None:
+        store.update_stage(job_id, stage, STAGE_PROGRESS[stage])
+
+    try:
+        report = segment_series(settings.inputs_dir / job_id, attempt_dir, get_predictor(), SegmentOptions(), on_stage)
+    except SATsError as error:
+        store.mark_failed(job_id, error.code, str(error))
+        logger.warning("job %s failed: %s [%s]", job_id, error, error.code)
+        shutil.rmtree(attempt_dir, ignore_errors=True)
+        return "failed"
+    except (OSError, redis.RedisError) as error:
+        shutil.rmtree(attempt_dir, ignore_errors=True)
+        if self.request.retries < settings.max_retries:
+            countdown = 10 * 2**self.request.retries
+            logger.warning("job %s hit a transient fault (%s); retry in %d s", job_id, error, countdown)
+            store.requeue(job_id, f"retrying after a transient fault: {error}")
+            raise self.retry(exc=error, countdown=countdown) from error
+        store.mark_failed(job_id, "job.transient_failure", f"failed after {settings.max_retries} retries: {error}")
+        logger.error("job %s failed after %d retries: %s", job_id, settings.max_retries, error)
+        return "failed"
+    except Exception as error:
+        logger.exception("job %s failed with an unexpected error", job_id)
+        store.mark_failed(job_id, "internal.error", f"{type(error).__name__}: {error}")
+        shutil.rmtree(attempt_dir, ignore_errors=True)
+        return "failed"
+
+    result_dir = str(attempt_dir.relative_to(settings.results_dir))
+    if not store.mark_completed(job_id, report, _outputs_with_report(report), result_dir):
+        logger.info("job %s was completed by another attempt; attempt %d discarded", job_id, job.attempts)
+        shutil.rmtree(attempt_dir, ignore_errors=True)
+        return "duplicate"
+    timings = {stage: seconds for stage, seconds in report["timings_s"].items() if stage != "total"}
+    store.record_stage_seconds(timings)
+    logger.info("job %s completed in %.1f s", job_id, report["timings_s"]["total"])
+    return "completed"
