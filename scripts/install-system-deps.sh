@@ -3,9 +3,13 @@
 #   dciodvfy (dicom3tools)  DICOM conformance checker for every object we write
 #   dcmconv, dcmcjpeg (dcmtk)  encodings of the synthetic test series
 #   plastimatch             independent RTSTRUCT rasteriser for the round-trip test
+#   chromium, chromedriver  headless browser for the status page test
 set -euo pipefail
 
-declare -A PACKAGE_OF=([dciodvfy]=dicom3tools [dcmconv]=dcmtk [dcmcjpeg]=dcmtk [plastimatch]=plastimatch)
+declare -A PACKAGE_OF=(
+    [dciodvfy]=dicom3tools [dcmconv]=dcmtk [dcmcjpeg]=dcmtk [plastimatch]=plastimatch
+    [chromium]=chromium [chromedriver]=chromium-driver
+)
 missing=()
 for tool in "${!PACKAGE_OF[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("${PACKAGE_OF[$tool]}")

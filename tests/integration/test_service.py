@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from app.dicomweb import multipart_related_body
-from tests.conftest import SERVICE_REDIS_URL, shared_path
+from tests.conftest import SERVICE_REDIS_URL, TEST_API_KEY, shared_path
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
@@ -147,3 +147,70 @@ def test_logs_hold_no_patient_data(service):
     assert "job" in logs
     assert str(ct.PatientName) not in logs
     assert str(ct.PatientID) not in logs
+
+
+def _browser():
+    """Start headless Chromium (Debian packages chromium and chromium-driver) through Selenium."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    # No sandbox as root; no background traffic, because only loopback is reachable.
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,900",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=DriverService("/usr/bin/chromedriver"))
+
+
+def test_status_page_in_headless_chromium(service):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    jobs = service.http.get("/v1/jobs").json()["jobs"]
+    if not any(job["state"] == "completed" for job in jobs):
+        job_id = _stow(service, _pycerr_files()[:40]).json()["jobs"][0]["id"]
+        service.wait_for_state(job_id, {"completed"})
+
+    browser = _browser()
+    try:
+        browser.get(f"{service.url}/status")
+        assert browser.find_element(By.ID, "jobs").get_attribute("hidden") is not None  # nothing shown before a key
+        browser.find_element(By.ID, "key").send_keys(TEST_API_KEY)
+        browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+        wait = WebDriverWait(browser, 20)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#jobs tbody tr"))
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "img.qa"))
+        rows = browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")
+        assert len(rows) == service.http.get("/v1/jobs").json()["total"]
+        states = {row.find_elements(By.TAG_NAME, "td")[1].text for row in rows}
+        assert "completed" in states
+        image = browser.find_element(By.CSS_SELECTOR, "img.qa")
+        assert browser.execute_script("return arguments[0].naturalWidth", image) > 100
+        browser.save_screenshot(str(service.log_dir / "status.png"))
+    finally:
+        browser.quit()
+
+
+def test_status_page_rejects_wrong_key(service):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _browser()
+    try:
+        browser.get(f"{service.url}/status")
+        browser.find_element(By.ID, "key").send_keys("wrong-key")
+        browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+        WebDriverWait(browser, 20).until(lambda b: "invalid API key" in b.find_element(By.ID, "message").text)
+        assert browser.find_element(By.ID, "jobs").get_attribute("hidden") is not None
+    finally:
+        browser.quit()
