@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from model.errors import SATsError
-from worker import cli_dicom, cli_model
+from worker import cli_dicom, cli_model, cli_service
 
 logger = logging.getLogger("sats")
 
@@ -258,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     cli_model.add_commands(subparsers)
     cli_dicom.add_commands(subparsers)
+    cli_service.add_commands(subparsers)
     return parser
 
 

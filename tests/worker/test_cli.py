@@ -11,7 +11,7 @@ from tests.conftest import shared_path
 from tests.helpers import save_tiny_model
 from worker.cli import build_parser, main
 
-SUBCOMMANDS = ["train", "evaluate", "predict", "symmetrize", "build-atlas", "info", "segment", "demo"]
+SUBCOMMANDS = ["train", "evaluate", "predict", "symmetrize", "build-atlas", "info", "segment", "demo", "api-key"]
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +128,14 @@ def test_segment_truncated_zip_named(tmp_path, caplog):
     archive.write_bytes(b"PK\x03\x04 truncated")
     assert main(["segment", str(archive), "-o", str(tmp_path / "out")]) == 2
     assert "input.zip_invalid" in caplog.text
+
+
+def test_api_key_digest_matches(capsys):
+    from app.settings import key_digest
+
+    assert main(["api-key"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    key = lines[0].split()[-1]
+    digest = lines[1].split()[-1]
+    assert len(key) >= 40
+    assert digest == key_digest(key)
