@@ -141,6 +141,18 @@ def _worker_pid(job_id: str) -> int:
     return int(worker.rsplit(" pid ", 1)[1])
 
 
+def test_bad_series_fails_without_retry(service):
+    files = _pycerr_files()[:30]
+    del files[15]  # a gap in the middle of the series
+    job_id = _stow(service, files).json()["jobs"][0]["id"]
+    job = service.wait_for_state(job_id, {"completed", "failed"})
+    assert job["state"] == "failed"
+    assert job["error"]["code"] == "series.missing_slices"
+    assert "1 slice(s) missing" in job["error"]["message"]
+    assert job["attempts"] == 1
+    assert service.http.get(f"/v1/jobs/{job_id}/rtstruct").status_code == 409
+
+
 def test_logs_hold_no_patient_data(service):
     ct = pydicom.dcmread(_pycerr_files()[0], stop_before_pixels=True)
     logs = "\n".join(process.log() for process in [service.gateway, *service.workers])
