@@ -52,7 +52,7 @@ class FailedInstance:
 
 @dataclass
 class IngestResult:
-    """What one request delivered: instances kept, instances rejected, jobs created or found."""
+    """Outcome of one request: instances kept, instances rejected, jobs created or found."""
 
     stored: list[StoredInstance] = field(default_factory=list)
     failed: list[FailedInstance] = field(default_factory=list)

@@ -26,7 +26,7 @@ ORPHAN_GRACE_S = 3600.0
 
 @dataclass
 class SweepResult:
-    """What one sweep changed."""
+    """Counts of the changes made by one sweep."""
 
     resent: int = 0
     requeued: int = 0

@@ -35,7 +35,7 @@ _JOB_EXAMPLE: dict[str, Any] = {
 
 
 class JobError(BaseModel):
-    """Why a job failed."""
+    """Error code and message of a failed job."""
 
     code: str = Field(description="Stable machine-readable error code, for example series.gantry_tilt.")
     message: str = Field(description="Plain explanation naming the values involved and what to do.")

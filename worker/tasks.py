@@ -108,10 +108,16 @@ def _outputs_with_report(report: dict[str, Any]) -> dict[str, Any]:
 def segment_job(self: Task, job_id: str) -> str:
     """Run the segmentation job ``job_id`` and record its outcome in the job store.
 
-    Outcomes: ``completed``; ``failed`` without retry for input, model and output errors
-    (a rerun would fail the same way); a retry with back-off for transient storage and
-    Redis faults, up to ``SATS_MAX_RETRIES``; ``failed`` with ``internal.error`` for any
-    other exception. Returns the final state.
+    Outcomes:
+
+    - ``completed``.
+    - ``failed`` without retry for input, model and output errors, because a rerun would
+      fail the same way.
+    - A retry with back-off after a transient storage or Redis fault, up to
+      ``SATS_MAX_RETRIES`` times.
+    - ``failed`` with ``internal.error`` for any other exception.
+
+    Returns the final state.
     """
     from worker.pipeline import STAGE_PROGRESS, SegmentOptions, segment_series
 

@@ -1,6 +1,6 @@
 """A small status page listing recent jobs with their state and QA thumbnail.
 
-The page itself carries no data: its script asks for an API key, keeps it in the
+The page itself contains no data. Its script prompts for an API key, keeps it in the
 browser's session storage and reads ``/v1/jobs`` and the QA pictures with it, so the
 page needs no cookie and no key in the URL.
 """
