@@ -66,7 +66,12 @@ def _move_all(paths: list[Path], folder: Path) -> None:
 
 
 def ingest_files(
-    paths: list[Path], store: JobStore, settings: Settings, source: str, rerun: bool = False
+    paths: list[Path],
+    store: JobStore,
+    settings: Settings,
+    source: str,
+    rerun: bool = False,
+    calling_aet: str = "",
 ) -> IngestResult:
     """Sort received files into CT series, create or find one job per series and queue new ones.
 
@@ -81,6 +86,8 @@ def ingest_files(
         ``stow-rs``, ``upload`` or ``dicom``, recorded in the job.
     rerun
         Run a series again even if a job for exactly these instances exists.
+    calling_aet
+        Calling AE title of the sender, for series received over DICOM.
 
     Notes
     -----
@@ -128,6 +135,7 @@ def ingest_files(
             series_instance_uid=series_uid,
             instances=len(instances),
             source=source,
+            calling_aet=calling_aet,
         )
         job, created = store.create(job, dedup_key=series_key(series_uid, (i.sop_instance_uid for i in instances)))
         if not created:

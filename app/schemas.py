@@ -64,10 +64,18 @@ class JobView(BaseModel):
         None, description="GTV volume (cc), laterality and asymmetry score of a completed job."
     )
     warnings: list[dict[str, Any]] | None = Field(None, description="Warnings of the series reader and the model.")
+    late_instances: int = Field(
+        0, description="Instances that arrived over DICOM after the job started; kept apart and not used."
+    )
+    delivery: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Delivery outcome per destination and SOP class: delivered, rejected_sop_class, retrying or "
+        "failed, with a message.",
+    )
     links: dict[str, str] = Field(description="URLs of this job and of its results.")
 
     @classmethod
-    def from_job(cls, job: Job) -> JobView:
+    def from_job(cls, job: Job, delivery: list[dict[str, Any]] | None = None) -> JobView:
         base = f"/v1/jobs/{job.id}"
         links = {"self": base}
         if job.state == "completed":
@@ -92,6 +100,8 @@ class JobView(BaseModel):
             timings_s=report.get("timings_s"),
             result=report.get("result"),
             warnings=report.get("warnings"),
+            late_instances=job.late_instances,
+            delivery=delivery or [],
             links=links,
         )
 

@@ -10,12 +10,53 @@ import hashlib
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+#: An AE title: 1 to 16 characters of the DICOM default repertoire, no backslash, not
+#: only spaces (PS3.5 table 6.2-1, value representation AE).
+_AE_TITLE = re.compile(r"^(?! *$)[ -\[\]-~]{1,16}$")
+
+
+def check_ae_title(value: str) -> str:
+    """Return ``value`` stripped if it is a valid AE title, else raise ValueError naming it."""
+    title = value.strip()
+    if not _AE_TITLE.match(title):
+        raise ValueError(f"AE title {value!r} is invalid: use 1 to 16 ASCII characters without a backslash")
+    return title
+
+
+class Destination(BaseModel):
+    """A place where results are delivered: a DICOM C-STORE SCP or a DICOMweb STOW-RS service."""
+
+    name: str = Field(description="Name used in the job record and the logs.")
+    kind: Literal["dicom", "dicomweb"]
+    ae_title: str | None = Field(None, description="Called AE title (kind dicom).")
+    host: str | None = Field(None, description="Host name or address (kind dicom).")
+    port: int | None = Field(None, gt=0, lt=65536, description="TCP port (kind dicom).")
+    url: str | None = Field(None, description="DICOMweb base URL, without /studies (kind dicomweb).")
+    authorization: str | None = Field(
+        None, description="Authorization header value for DICOMweb, for example 'Bearer <token>'."
+    )
+    always: bool = Field(
+        True,
+        description="Deliver every job here; when false, deliver only jobs whose series this destination sent "
+        "(with SATS_ROUTE_TO_SENDER).",
+    )
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> Destination:
+        if self.kind == "dicom":
+            if not (self.ae_title and self.host and self.port):
+                raise ValueError(f"destination {self.name!r} of kind dicom needs ae_title, host and port")
+            self.ae_title = check_ae_title(self.ae_title)
+        elif not self.url:
+            raise ValueError(f"destination {self.name!r} of kind dicomweb needs url")
+        return self
 
 
 class Settings(BaseSettings):
@@ -78,6 +119,34 @@ class Settings(BaseSettings):
     step_fraction: float = Field(0.5, gt=0, le=1, description="Sliding-window step as a fraction of the patch size.")
     mirror_tta: bool = Field(False, description="Average with the mirror image's prediction (about 2x slower).")
     queue: str = Field("sats", description="Celery queue of segmentation jobs.")
+    dicom_ae_title: str = Field("SATS", description="AE title of the DICOM listener (C-STORE and C-ECHO SCP).")
+    dicom_port: int = Field(11112, gt=0, lt=65536, description="TCP port of the DICOM listener.")
+    dicom_bind_address: str = Field("0.0.0.0", description="Address the DICOM listener binds to.")
+    dicom_allowed_aets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated calling AE titles allowed to send; associations from others are "
+        "rejected. The listener does not start without one.",
+    )
+    dicom_quiet_period_s: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds without a new instance after which a series received over DICOM is complete "
+        "and its job is queued.",
+    )
+    destinations: list[Destination] = Field(
+        default_factory=list,
+        description="JSON list of result destinations, for example "
+        '[{"name": "pacs", "kind": "dicom", "ae_title": "PACS", "host": "pacs.local", "port": 104}]. '
+        "RTSTRUCT and SEG go to each after a job completes.",
+    )
+    route_to_sender: bool = Field(
+        False,
+        description="Also deliver to the configured DICOM destination whose AE title is the calling AE title "
+        "of a series received over DICOM, even if it is not marked always.",
+    )
+    delivery_retries: int = Field(
+        5, ge=0, description="Retries of a delivery after a transient failure, with back-off 10 s, 20 s, 40 s..."
+    )
     public_url: str | None = Field(
         None,
         description="External base URL of the gateway (for example https://sats.hospital.example), used in "
@@ -102,6 +171,23 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("dicom_allowed_aets", mode="before")
+    @classmethod
+    def _split_titles(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("dicom_allowed_aets")
+    @classmethod
+    def _check_titles(cls, value: list[str]) -> list[str]:
+        return [check_ae_title(title) for title in value]
+
+    @field_validator("dicom_ae_title")
+    @classmethod
+    def _check_own_title(cls, value: str) -> str:
+        return check_ae_title(value)
+
     @model_validator(mode="after")
     def _check_timeouts(self) -> Settings:
         if self.visibility_timeout_s <= self.job_time_limit_s:
@@ -122,6 +208,16 @@ class Settings(BaseSettings):
     @property
     def incoming_dir(self) -> Path:
         return self.data_dir / "incoming"
+
+    @property
+    def dicom_pending_dir(self) -> Path:
+        """Instances received over DICOM, one folder per series until the series is complete."""
+        return self.data_dir / "dicom-pending"
+
+    @property
+    def dicom_late_dir(self) -> Path:
+        """Instances that arrived for a series whose job had already started, one folder per job."""
+        return self.data_dir / "dicom-late"
 
 
 def key_digest(key: str) -> str:

@@ -81,6 +81,11 @@ class Job:
         Stable error code and message of a failed job.
     worker
         Worker name and process id of the last attempt.
+    calling_aet
+        Calling AE title of the sender, for a series received over DICOM.
+    late_instances
+        Instances of the series that arrived over DICOM after the job started; they are
+        kept apart and not used.
     report
         The job report of a completed job (see docs/dicom.md).
     outputs
@@ -107,6 +112,8 @@ class Job:
     error_code: str = ""
     error_message: str = ""
     worker: str = ""
+    calling_aet: str = ""
+    late_instances: int = 0
     report: dict[str, Any] | None = None
     outputs: dict[str, Any] = field(default_factory=dict)
     result_dir: str = ""
@@ -300,6 +307,8 @@ class JobStore:
         dedup = self.redis.hget(self._job_key(job_id), "dedup_key")
         with self.redis.pipeline() as pipe:
             pipe.delete(self._job_key(job_id))
+            pipe.delete(f"{_PREFIX}job-delivery:{job_id}", f"{_PREFIX}job-late:{job_id}")
+            pipe.delete(f"{_PREFIX}job-instances:{job_id}")
             pipe.zrem(f"{_PREFIX}jobs", job_id)
             for state in STATES:
                 pipe.srem(f"{_PREFIX}jobs:{state}", job_id)
@@ -311,6 +320,40 @@ class JobStore:
                         pipe.delete(f"{_PREFIX}instance:{output['sop_instance_uid']}")
                         pipe.delete(f"{_PREFIX}result-series:{output['series_instance_uid']}")
             pipe.execute()
+
+    # DICOM listener ---------------------------------------------------------------------
+    def remember_dicom_series(self, job_id: str, series_instance_uid: str, sop_instance_uids: list[str]) -> None:
+        """Record which job a series received over DICOM went to, and its instances."""
+        ttl = 30 * 24 * 3600  # a month, longer than any job stays queued or running
+        with self.redis.pipeline() as pipe:
+            pipe.set(f"{_PREFIX}dicom-series:{series_instance_uid}", job_id, ex=ttl)
+            if sop_instance_uids:
+                pipe.sadd(f"{_PREFIX}job-instances:{job_id}", *sop_instance_uids)
+                pipe.expire(f"{_PREFIX}job-instances:{job_id}", ttl)
+            pipe.execute()
+
+    def record_late_instance(self, job_id: str, sop_instance_uid: str) -> None:
+        """Count an instance that arrived after the job started (it is not used by the job)."""
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(self._job_key(job_id), "late_instances", 1)
+            pipe.rpush(f"{_PREFIX}job-late:{job_id}", sop_instance_uid)
+            pipe.execute()
+
+    def late_instances(self, job_id: str) -> list[str]:
+        return [str(uid) for uid in self.redis.lrange(f"{_PREFIX}job-late:{job_id}", 0, -1)]  # type: ignore[union-attr]
+
+    # Delivery ---------------------------------------------------------------------------
+    def record_delivery(self, job_id: str, outcomes: list[dict[str, Any]]) -> None:
+        """Store delivery outcomes, one per destination and SOP class (a later outcome replaces an earlier one)."""
+        if not outcomes:
+            return
+        now = _now()
+        values = {f"{item['destination']}|{item['sop_class']}": json.dumps({**item, "at": now}) for item in outcomes}
+        self.redis.hset(f"{_PREFIX}job-delivery:{job_id}", mapping=values)
+
+    def deliveries(self, job_id: str) -> list[dict[str, Any]]:
+        values = self.redis.hgetall(f"{_PREFIX}job-delivery:{job_id}")
+        return [json.loads(value) for _, value in sorted(values.items())]  # type: ignore[union-attr]
 
     # Results ----------------------------------------------------------------------------
     def find_instance(self, sop_instance_uid: str) -> tuple[str, str] | None:

@@ -262,7 +262,7 @@ def test_compose_file_has_no_version_key(path: Path) -> None:
 
 def test_compose_defines_expected_services() -> None:
     services = load_compose(COMPOSE)["services"]
-    assert set(services) == {"redis", "gateway", "worker", "flower", "orthanc"}
+    assert set(services) == {"redis", "gateway", "dicom", "worker", "flower", "orthanc"}
 
 
 def test_worker_reserves_one_nvidia_gpu() -> None:
@@ -407,11 +407,11 @@ def test_env_example_lists_every_setting() -> None:
 
 
 def test_env_example_sets_only_what_it_must() -> None:
-    # Uncommented lines override the defaults, so the template sets only the key digests and the
-    # Compose Redis URL.
+    # Uncommented lines override the defaults, so the template sets only the key digests, the
+    # Compose Redis URL, and the Compose Orthanc as allowed sender and as destination.
     text = SATS_ENV_EXAMPLE.read_text(encoding="utf-8")
     assigned = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", text, re.MULTILINE))
-    assert assigned == {"SATS_API_KEY_SHA256", "SATS_REDIS_URL"}
+    assert assigned == {"SATS_API_KEY_SHA256", "SATS_REDIS_URL", "SATS_DICOM_ALLOWED_AETS", "SATS_DESTINATIONS"}
     assert re.search(r"^SATS_API_KEY_SHA256=$", text, re.MULTILINE), "the template must not ship a key digest"
 
 

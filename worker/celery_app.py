@@ -20,11 +20,16 @@ reliability settings, each chosen for long GPU jobs:
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
-from app.settings import Settings, get_settings
+from app.settings import Destination, Settings, get_settings
+
+logger = logging.getLogger(__name__)
 
 SEGMENT_TASK = "sats.segment"
+DELIVER_TASK = "sats.deliver"
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -56,3 +61,31 @@ celery_app = make_celery()
 def enqueue_job(job_id: str, attempt: int = 0) -> None:
     """Queue the segmentation task of ``job_id``."""
     celery_app.send_task(SEGMENT_TASK, args=[job_id], task_id=f"{job_id}-{attempt}")
+
+
+def enqueue_delivery(job_id: str, destination: str) -> None:
+    """Queue the delivery of ``job_id``'s results to the configured destination named ``destination``."""
+    celery_app.send_task(DELIVER_TASK, args=[job_id, destination])
+
+
+def destinations_for(settings: Settings, calling_aet: str) -> list[Destination]:
+    """Return the destinations of a job: those marked ``always``, and its sender's when routing back is on.
+
+    The sender's destination is the configured DICOM destination whose AE title is the
+    calling AE title; it is not added twice.
+    """
+    chosen = [d for d in settings.destinations if d.always]
+    if settings.route_to_sender and calling_aet:
+        sender = [d for d in settings.destinations if d.kind == "dicom" and d.ae_title == calling_aet]
+        if not sender:
+            logger.info("sender %s is not a configured destination; results are not routed back", calling_aet)
+        chosen += [d for d in sender if d.name not in {c.name for c in chosen}]
+    return chosen
+
+
+def queue_deliveries(job_id: str, calling_aet: str) -> list[str]:
+    """Queue one delivery task per destination of the job; return the destination names."""
+    names = [destination.name for destination in destinations_for(get_settings(), calling_aet)]
+    for name in names:
+        enqueue_delivery(job_id, name)
+    return names

@@ -22,7 +22,7 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from app.settings import Settings, get_settings
 from app.store import FINAL_STATES, JobStore
 from model.errors import SATsError
-from worker.celery_app import SEGMENT_TASK, celery_app
+from worker.celery_app import DELIVER_TASK, SEGMENT_TASK, celery_app, queue_deliveries
 
 logger = logging.getLogger(__name__)
 
@@ -182,4 +182,71 @@ def segment_job(self: Task, job_id: str) -> str:
     timings = {stage: seconds for stage, seconds in report["timings_s"].items() if stage != "total"}
     store.record_stage_seconds(timings)
     logger.info("job %s completed in %.1f s", job_id, report["timings_s"]["total"])
+    queue_deliveries(job_id, job.calling_aet)
     return "completed"
+
+
+@celery_app.task(name=DELIVER_TASK, bind=True)
+def deliver_job(self: Task, job_id: str, destination_name: str) -> str:
+    """Send a completed job's RTSTRUCT and SEG to one destination and record the outcome.
+
+    Transient faults are retried with back-off (10 s, 20 s, 40 s ...) up to
+    ``SATS_DELIVERY_RETRIES`` times; then the outcome is ``failed`` with the last error.
+    """
+    from worker.delivery import TransientDeliveryError, deliver
+
+    settings = get_settings()
+    store = get_store()
+    job = store.get(job_id)
+    if job is None or job.state != "completed":
+        logger.warning("delivery of job %s skipped: the job is %s", job_id, "missing" if job is None else job.state)
+        return "skipped"
+    destination = next((d for d in settings.destinations if d.name == destination_name), None)
+    files = [settings.results_dir / job.result_dir / name for name in ("rtstruct.dcm", "seg.dcm")]
+    files = [path for path in files if path.is_file()]
+    if destination is None:
+        message = f"destination {destination_name!r} is not configured (SATS_DESTINATIONS)"
+        store.record_delivery(job_id, [_outcome(destination_name, "all", "failed", message)])
+        logger.error("delivery of job %s failed: %s", job_id, message)
+        return "failed"
+    try:
+        outcomes = deliver(destination, files, settings.dicom_ae_title)
+    except (TransientDeliveryError, OSError) as error:
+        retries = self.request.retries
+        if retries < settings.delivery_retries:
+            countdown = 10 * 2**retries
+            store.record_delivery(
+                job_id,
+                [_outcome(destination.name, "all", "retrying", f"{error}; retry {retries + 1} in {countdown} s")],
+            )
+            logger.warning(
+                "delivery of job %s to %s failed (%s); retry in %d s", job_id, destination.name, error, countdown
+            )
+            raise self.retry(exc=error, countdown=countdown) from error
+        message = f"gave up after {retries} retries: {error}"
+        store.record_delivery(job_id, [_outcome(destination.name, "all", "failed", message)])
+        logger.error("delivery of job %s to %s failed: %s", job_id, destination.name, message)
+        return "failed"
+    store.record_delivery(job_id, [{**outcome.to_dict(), "sop_class": outcome.sop_class} for outcome in outcomes])
+    # An earlier "retrying" or "failed" entry for all SOP classes is replaced by the real outcomes.
+    store.redis.hdel(f"sats:job-delivery:{job_id}", f"{destination.name}|all")
+    for outcome in outcomes:
+        logger.info(
+            "job %s: %s %s to %s (%s)",
+            job_id,
+            outcome.sop_class,
+            outcome.status,
+            destination.name,
+            outcome.message,
+        )
+    return "delivered" if all(o.status == "delivered" for o in outcomes) else "partial"
+
+
+def _outcome(destination: str, sop_class: str, status: str, message: str) -> dict[str, Any]:
+    return {
+        "destination": destination,
+        "sop_class": sop_class,
+        "sop_instance_uid": "",
+        "status": status,
+        "message": message,
+    }

@@ -101,7 +101,27 @@ def list_jobs(
 
 @router.get("/jobs/{job_id}", response_model=JobView, summary="State, progress and results of a job", responses=_ERRORS)
 def get_job(request: Request, job_id: str) -> JobView:
-    return JobView.from_job(_job_or_404(_store(request), job_id))
+    store = _store(request)
+    return JobView.from_job(_job_or_404(store, job_id), store.deliveries(job_id))
+
+
+@router.post(
+    "/jobs/{job_id}/deliver",
+    response_model=JobView,
+    status_code=202,
+    summary="Send a completed job's RTSTRUCT and SEG to its destinations again",
+    responses={**_ERRORS, 409: {"model": ErrorBody, "description": "The job is not completed."}},
+)
+def redeliver_job(request: Request, job_id: str) -> JobView:
+    """Queue the delivery again. The instances keep their SOP Instance UIDs, so no duplicate appears."""
+    from worker.celery_app import queue_deliveries
+
+    store = _store(request)
+    job = _job_or_404(store, job_id)
+    if job.state != "completed":
+        raise ApiError(f"job {job_id} is {job.state}; only a completed job can be delivered", code="result.not_ready")
+    queue_deliveries(job_id, job.calling_aet)
+    return JobView.from_job(job, store.deliveries(job_id))
 
 
 @router.post(
