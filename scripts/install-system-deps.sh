@@ -4,15 +4,26 @@
 #   dcmconv, dcmcjpeg (dcmtk)  encodings of the synthetic test series
 #   plastimatch             independent RTSTRUCT rasteriser for the round-trip test
 #   chromium, chromedriver  headless browser for the status page test
+#   Orthanc (orthanc)       PACS of the integration tests, which start their own instance
+#                           on free ports and never use the orthanc system service
+#   libOrthancDicomWeb.so (orthanc-dicomweb)  Orthanc's DICOMweb plugin, a file, not a command
 set -euo pipefail
 
 declare -A PACKAGE_OF=(
     [dciodvfy]=dicom3tools [dcmconv]=dcmtk [dcmcjpeg]=dcmtk [plastimatch]=plastimatch
     [chromium]=chromium [chromedriver]=chromium-driver
+    [Orthanc]=orthanc
+)
+declare -A PACKAGE_OF_FILE=(
+    [/usr/share/orthanc/plugins/libOrthancDicomWeb.so]=orthanc-dicomweb
 )
 missing=()
 for tool in "${!PACKAGE_OF[@]}"; do
-    command -v "$tool" >/dev/null 2>&1 || missing+=("${PACKAGE_OF[$tool]}")
+    # Orthanc is installed in /usr/sbin, which is not on every user's PATH.
+    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("${PACKAGE_OF[$tool]}")
+done
+for file in "${!PACKAGE_OF_FILE[@]}"; do
+    [ -e "$file" ] || missing+=("${PACKAGE_OF_FILE[$file]}")
 done
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -85,6 +85,10 @@ def deliver_dicom(destination: Destination, paths: Sequence[Path], calling_aet: 
     if destination.host is None or destination.port is None or destination.ae_title is None:
         raise ValueError(f"destination {destination.name!r} of kind dicom needs ae_title, host and port")
     association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not association.is_established and association.rejected_contexts and not association.accepted_contexts:
+        # The peer answered but accepted no presentation context, so pynetdicom aborted:
+        # the destination does not take these SOP classes, and retrying cannot help.
+        return [_rejected(destination, UID(str(d.SOPClassUID)), str(d.SOPInstanceUID)) for d in datasets]
     if not association.is_established:
         raise TransientDeliveryError(
             f"association with {destination.name} ({destination.ae_title}@{destination.host}:{destination.port}) "
@@ -98,15 +102,7 @@ def deliver_dicom(destination: Destination, paths: Sequence[Path], calling_aet: 
             sop_class = UID(str(dataset.SOPClassUID))
             sop_uid = str(dataset.SOPInstanceUID)
             if sop_class not in accepted:
-                outcomes.append(
-                    DeliveryOutcome(
-                        destination.name,
-                        sop_class.name,
-                        sop_uid,
-                        "rejected_sop_class",
-                        f"destination rejected SOP class {sop_class.name} ({sop_class})",
-                    )
-                )
+                outcomes.append(_rejected(destination, sop_class, sop_uid))
                 continue
             status = association.send_c_store(dataset)
             if not status or "Status" not in status:
@@ -120,6 +116,11 @@ def deliver_dicom(destination: Destination, paths: Sequence[Path], calling_aet: 
         if association.is_established:
             association.release()
     return outcomes
+
+
+def _rejected(destination: Destination, sop_class: UID, sop_instance_uid: str) -> DeliveryOutcome:
+    message = f"destination rejected SOP class {sop_class.name} ({sop_class})"
+    return DeliveryOutcome(destination.name, sop_class.name, sop_instance_uid, "rejected_sop_class", message)
 
 
 def deliver_dicomweb(destination: Destination, paths: Sequence[Path]) -> list[DeliveryOutcome]:
