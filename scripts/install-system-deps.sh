@@ -7,12 +7,13 @@
 #   Orthanc (orthanc)       PACS of the integration tests, which start their own instance
 #                           on free ports and never use the orthanc system service
 #   libOrthancDicomWeb.so (orthanc-dicomweb)  Orthanc's DICOMweb plugin, a file, not a command
+#   cc (gcc)                builds the small library that keeps test servers on 127.0.0.1
 set -euo pipefail
 
 declare -A PACKAGE_OF=(
     [dciodvfy]=dicom3tools [dcmconv]=dcmtk [dcmcjpeg]=dcmtk [plastimatch]=plastimatch
     [chromium]=chromium [chromedriver]=chromium-driver
-    [Orthanc]=orthanc
+    [Orthanc]=orthanc [cc]=gcc
 )
 declare -A PACKAGE_OF_FILE=(
     [/usr/share/orthanc/plugins/libOrthancDicomWeb.so]=orthanc-dicomweb
