@@ -60,6 +60,7 @@ class Pacs:
                 "host": "127.0.0.1",
                 "port": self.restricted.port,
             },
+            {"name": "orthanc-web", "kind": "dicomweb", "url": self.orthanc.dicomweb_url},
         ]
         self.service.env.update(
             {
@@ -140,9 +141,11 @@ def test_storescu_to_listener_results_in_orthanc(pacs):
     assert job["source"] == "dicom"
     assert job["instances"] == 90
 
-    outcomes = {(o["destination"], o["sop_class"]): o for o in pacs.wait_for_delivery(job["id"], 4)}
+    outcomes = {(o["destination"], o["sop_class"]): o for o in pacs.wait_for_delivery(job["id"], 6)}
     assert outcomes[("orthanc", "RT Structure Set Storage")]["status"] == "delivered"
     assert outcomes[("orthanc", "Segmentation Storage")]["status"] == "delivered"
+    assert outcomes[("orthanc-web", "RT Structure Set Storage")]["status"] == "delivered"
+    assert outcomes[("orthanc-web", "Segmentation Storage")]["status"] == "delivered"
     assert outcomes[("rt-only", "RT Structure Set Storage")]["status"] == "delivered"
     rejected = outcomes[("rt-only", "Segmentation Storage")]
     assert rejected["status"] == "rejected_sop_class"
@@ -204,7 +207,7 @@ def test_orthanc_send_to_modality_triggers_job(pacs, tmp_path):
     job = pacs.job_for_series(series_uid)
     assert job["state"] == "completed", job
     assert job["source"] == "dicom"
-    pacs.wait_for_delivery(job["id"], 4)
+    pacs.wait_for_delivery(job["id"], 6)
     assert len(_orthanc_series(pacs, "RTSTRUCT", study_id)) == 1
     assert len(_orthanc_series(pacs, "SEG", study_id)) == 1
 
