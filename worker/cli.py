@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from model.errors import SATsError
-from worker import cli_dicom, cli_model, cli_service
+from worker import cli_bench, cli_dicom, cli_model, cli_service
 
 logger = logging.getLogger("sats")
 
@@ -259,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_model.add_commands(subparsers)
     cli_dicom.add_commands(subparsers)
     cli_service.add_commands(subparsers)
+    cli_bench.add_commands(subparsers)
     return parser
 
 

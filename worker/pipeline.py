@@ -141,8 +141,8 @@ def _write_outputs(
             "frames": int(seg.NumberOfFrames),
         }
 
-    superior_last = ct.image.GetDirection()[8] > 0  # slice normal has a +z (head) component
-    direction = np.asarray(ct.image.GetDirection()).reshape(3, 3)
+    superior_last = ct.direction[2, 2] > 0  # slice normal has a +z (head) component
+    direction = ct.direction
     write_qa_png(ct.hu, prediction.mask, ct.spacing_dhw_mm, output / QA_FILE, superior_last, direction)
     outputs["qa_png"] = QA_FILE
     return outputs
