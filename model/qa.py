@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 
 def write_qa_png(
@@ -36,11 +37,6 @@ def write_qa_png(
         axes), used to letter the image edges with the patient directions (R/L, A/P,
         S/I). No letters without it.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if ct_hu.shape != mask.shape:
         raise ValueError(f"CT shape {ct_hu.shape} and mask shape {mask.shape} differ")
     foreground = np.argwhere(mask > 0)
@@ -55,7 +51,8 @@ def write_qa_png(
     # Array axes shown along each view's (rows, columns): 0 = D, 1 = H, 2 = W.
     shown_axes = {"axial": (1, 2), "coronal": (0, 2), "sagittal": (0, 1)}
     indices = {"axial": (d, ct_hu.shape[0]), "coronal": (h, ct_hu.shape[1]), "sagittal": (w, ct_hu.shape[2])}
-    figure, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    figure = Figure(figsize=(12, 4.4))  # no pyplot: no global backend state in a service
+    axes = figure.subplots(1, 3)
     for axis, (title, image, contour, aspect) in zip(axes, views, strict=True):
         origin = "upper" if title == "axial" or not superior_last else "lower"
         axis.imshow(image, cmap="gray", vmin=-160, vmax=240, aspect=aspect, origin=origin)
@@ -71,7 +68,6 @@ def write_qa_png(
     figure.suptitle(f"SATs prediction (research use only): {volume_cc:.1f} cc")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
-    plt.close(figure)
 
 
 _LPS_LETTERS = (("R", "L"), ("A", "P"), ("I", "S"))  # (negative, positive) along x, y, z

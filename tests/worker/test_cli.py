@@ -11,7 +11,18 @@ from tests.conftest import shared_path
 from tests.helpers import save_tiny_model
 from worker.cli import build_parser, main
 
-SUBCOMMANDS = ["train", "evaluate", "predict", "symmetrize", "build-atlas", "info", "segment", "demo", "api-key", "bench"]
+SUBCOMMANDS = [
+    "train",
+    "evaluate",
+    "predict",
+    "symmetrize",
+    "build-atlas",
+    "info",
+    "segment",
+    "demo",
+    "api-key",
+    "bench",
+]
 
 
 @pytest.fixture(scope="module")
