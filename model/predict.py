@@ -136,7 +136,7 @@ class Predictor:
 
         notify("postprocess")
         started = time.monotonic()
-        probabilities = to_input_grid(probabilities_sym, symmetric, ct)
+        probabilities = to_input_grid(probabilities_sym, symmetric, ct, nonzero_box=box.slices)
         mask = (probabilities >= metadata.threshold).astype(np.uint8)
         timings["postprocess"] = time.monotonic() - started
         logger.debug("prediction timings %s", timings)

@@ -18,6 +18,7 @@ the symmetric grid back onto the CT grid (:func:`to_input_grid`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -470,12 +471,49 @@ def to_input_grid(
     reference: sitk.Image,
     interpolator: int = sitk.sitkLinear,
     default: float = 0.0,
+    nonzero_box: tuple[slice, slice, slice] | None = None,
 ) -> np.ndarray:
     """Resample a symmetric-frame ``(D, H, W)`` array back onto the CT grid ``reference``.
 
     Use linear interpolation for probabilities and threshold afterwards; the result is
     a float32 ``(D, H, W)`` array on the CT's own grid.
+
+    ``nonzero_box`` declares that ``array`` equals ``default`` outside that index box
+    (for example the body crop that inference ran on). Then only the CT voxels whose
+    position maps into the box, plus a one-voxel margin, are resampled, and the rest
+    are set to ``default``: the same result in a fraction of the time on a large CT.
     """
     source = to_image(array.astype(np.float32, copy=False), symmetric.image)
     inverse = symmetric.transform.GetInverse()
-    return to_array(resample_into(source, reference, inverse, interpolator, default))
+    if nonzero_box is None:
+        return to_array(resample_into(source, reference, inverse, interpolator, default))
+
+    low, high = _input_region(symmetric, nonzero_box, reference)
+    shape_dhw = tuple(reversed(reference.GetSize()))  # (x, y, z) -> (D, H, W)
+    result = np.full(shape_dhw, default, dtype=np.float32)
+    if np.any(high <= low):
+        return result
+    region = sitk.Image([int(v) for v in high - low], sitk.sitkFloat32)
+    region.SetSpacing(reference.GetSpacing())
+    region.SetDirection(reference.GetDirection())
+    region.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in low]))
+    values = to_array(resample_into(source, region, inverse, interpolator, default))
+    result[low[2] : high[2], low[1] : high[1], low[0] : high[0]] = values  # (x, y, z) bounds -> (D, H, W)
+    return result
+
+
+def _input_region(
+    symmetric: SymmetricVolume, box: tuple[slice, slice, slice], reference: sitk.Image
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the ``[low, high)`` (x, y, z) index bounds of the CT voxels that map into a symmetric-frame box."""
+    corners = itertools.product(*[(part.start - 1, part.stop) for part in box])  # one voxel of margin
+    points = []
+    for d, h, w in corners:
+        symmetric_point = symmetric.image.TransformContinuousIndexToPhysicalPoint((float(w), float(h), float(d)))
+        ct_point = symmetric.transform.TransformPoint(symmetric_point)
+        points.append(reference.TransformPhysicalPointToContinuousIndex(ct_point))
+    indices = np.asarray(points)
+    size = np.asarray(reference.GetSize())
+    low = np.clip(np.floor(indices.min(axis=0)).astype(int) - 1, 0, size)
+    high = np.clip(np.ceil(indices.max(axis=0)).astype(int) + 2, 0, size)
+    return low, high

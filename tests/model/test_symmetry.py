@@ -68,6 +68,20 @@ def test_mask_round_trip_to_input_grid():
     assert dice > 0.95
 
 
+def test_back_resampling_within_box_is_exact():
+    phantom = make_phantom(yaw_degrees=8.0, shift_x_mm=5.0, lesion_side="left")
+    ct = sitk.Cast(phantom.ct, sitk.sitkFloat32)
+    result = symmetrize(ct, (3.0, 2.0, 2.0), mode="self")
+    shape = tuple(reversed(result.image.GetSize()))
+    box = (slice(3, shape[0] - 4), slice(10, shape[1] - 12), slice(5, shape[2] - 5))
+    array = np.zeros(shape, dtype=np.float32)
+    array[box] = np.random.default_rng(0).random(array[box].shape, dtype=np.float32)
+    full = to_input_grid(array, result, ct)
+    within = to_input_grid(array, result, ct, nonzero_box=box)
+    assert full.max() > 0.5
+    np.testing.assert_array_equal(within, full)
+
+
 def test_lesion_side_preserved_in_symmetric_frame():
     phantom = make_phantom(lesion_side="left")
     result = symmetrize(sitk.Cast(phantom.ct, sitk.sitkFloat32), (3.0, 2.0, 2.0), mode="self")
