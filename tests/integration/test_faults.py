@@ -1,0 +1,127 @@
+"""Faults injected into real processes: Redis restarted mid-queue, a destination that is down.
+
+Each job completes exactly once or fails with a reason, and no accepted study is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from app.dicomweb import multipart_related_body
+from tests.conftest import SERVICE_REDIS_URL
+from tests.integration.conftest import Service, free_port
+from tests.integration.pacs import PlainStoreSCP
+from worker.synthetic_dicom import HeadNeck, SeriesGeometry, render_phantom, write_ct_series
+
+pytestmark = pytest.mark.slow
+
+
+def _series(folder: Path, seed: int) -> list[Path]:
+    """A small synthetic head CT (16 slices of 96 x 96), distinct per seed."""
+    geometry = SeriesGeometry.axial(
+        "HFS", rows=96, columns=96, slices=16, pixel_spacing_mm=(2.0, 2.0), slice_spacing_mm=4.0
+    )
+    volume = render_phantom(geometry, [HeadNeck(yaw_deg=float(seed))], noise_sd_hu=10.0, seed=seed)
+    return write_ct_series(volume, geometry, folder)
+
+
+def _stow(service: Service, files: list[Path]) -> str:
+    body, content_type = multipart_related_body(files)
+    response = service.http.post("/dicomweb/studies", content=b"".join(body), headers={"Content-Type": content_type})
+    assert response.status_code == 200, response.text
+    return str(response.json()["jobs"][0]["id"])
+
+
+class OwnRedis:
+    """A redis-server with append-only persistence on a free loopback port."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server not found; install the Debian package redis-server")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes"]
+        command += ["--appendfsync", "always", "--save", "", "--dir", str(self.folder)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        pytest.fail(f"redis-server on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def test_redis_restart_mid_queue_loses_nothing(tmp_path):
+    own = OwnRedis(tmp_path / "redis")
+    own.start()
+    service = Service(tmp_path / "data", tmp_path)
+    service.env["SATS_REDIS_URL"] = own.url
+    try:
+        service.start_gateway()
+        studies = [_series(tmp_path / f"s{seed}", seed) for seed in range(3)]
+        job_ids = [_stow(service, files) for files in studies]  # queued before any worker runs
+
+        own.stop()  # Redis goes away with three jobs queued...
+        own.start()  # ...and comes back from its append-only file
+        service.start_worker("w1")
+        for job_id in job_ids:
+            job = service.wait_for_state(job_id, {"completed", "failed"}, timeout_s=180)
+            assert job["state"] == "completed", job
+            assert job["attempts"] == 1
+        assert service.http.get("/v1/jobs").json()["total"] == 3
+    finally:
+        service.stop()
+        own.stop()
+
+
+def test_destination_down_then_up_delivers(tmp_path):
+    client = redis.Redis.from_url(SERVICE_REDIS_URL)
+    client.flushdb()
+    scp = PlainStoreSCP(tmp_path / "scp", ae_title="LATEPACS")
+    destination = {"name": "late", "kind": "dicom", "ae_title": "LATEPACS", "host": "127.0.0.1", "port": scp.port}
+    service = Service(tmp_path / "data", tmp_path)
+    service.env["SATS_DESTINATIONS"] = json.dumps([destination])
+    try:
+        service.start_gateway()
+        service.start_worker("w1")
+        job_id = _stow(service, _series(tmp_path / "s", 7))
+        service.wait_for_state(job_id, {"completed"}, timeout_s=120)
+
+        def outcome() -> str:
+            deliveries = service.job(job_id)["delivery"]
+            return deliveries[0]["status"] if deliveries else ""
+
+        service.wait_for(lambda: outcome() == "retrying", 60, "a failed first delivery")
+        scp.work_dir.mkdir(parents=True, exist_ok=True)
+        scp.start()  # the destination comes up before the first retry (10 s)
+        service.wait_for(
+            lambda: {d["status"] for d in service.job(job_id)["delivery"]} == {"delivered"}, 60, "the retry"
+        )
+        received = scp.wait_for_files(2, 30)
+        assert sorted(d.Modality for d in (scp.received_datasets())) == ["RTSTRUCT", "SEG"]
+        assert len(received) == 2
+    finally:
+        service.stop()
+        scp.stop()
+        client.flushdb()
