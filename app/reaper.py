@@ -71,11 +71,14 @@ def sweep(store: JobStore, settings: Settings, now: float | None = None) -> Swee
                 if job is not None and job.finished_at and now - job.finished_at > limit:
                     shutil.rmtree(settings.inputs_dir / job_id, ignore_errors=True)
                     shutil.rmtree(settings.results_dir / job_id, ignore_errors=True)
+                    shutil.rmtree(settings.dicom_late_dir / job_id, ignore_errors=True)
                     store.delete(job_id)
                     result.expired += 1
                     logger.info("job %s and its data deleted after the retention period", job_id)
 
-    for root in (settings.inputs_dir, settings.results_dir, settings.incoming_dir):
+    # Series still pending in the DICOM listener are not swept: they are accepted data that
+    # the listener seals once it runs.
+    for root in (settings.inputs_dir, settings.results_dir, settings.dicom_late_dir, settings.incoming_dir):
         if not root.is_dir():
             continue
         for folder in root.iterdir():

@@ -65,7 +65,11 @@ def test_retention_deletes_job_and_files(store, settings):
     store.mark_running(job.id, worker="w1@host pid 1")
     outputs = {"rtstruct": {"file": "rtstruct.dcm", "series_instance_uid": "1.2.3", "sop_instance_uid": "1.2.3.4"}}
     assert store.mark_completed(job.id, {"timings_s": {}}, outputs, f"{job.id}/attempt-1")
-    for folder in (settings.inputs_dir / job.id, settings.results_dir / job.id / "attempt-1"):
+    for folder in (
+        settings.inputs_dir / job.id,
+        settings.results_dir / job.id / "attempt-1",
+        settings.dicom_late_dir / job.id,
+    ):
         folder.mkdir(parents=True)
         (folder / "file").write_bytes(b"x")
 
@@ -76,6 +80,7 @@ def test_retention_deletes_job_and_files(store, settings):
     assert store.find_instance("1.2.3.4") is None
     assert not (settings.inputs_dir / job.id).exists()
     assert not (settings.results_dir / job.id).exists()
+    assert not (settings.dicom_late_dir / job.id).exists()
 
 
 def test_orphan_input_folder_deleted(store, settings):
