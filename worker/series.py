@@ -412,11 +412,7 @@ def _check_tags(datasets: Sequence[Dataset]) -> None:
                 f"{list(dataset.PixelSpacing)}; expected 3 and 2 values",
                 code="series.invalid_tag",
             )
-        if min(float(v) for v in dataset.PixelSpacing) <= 0:
-            raise InputError(
-                f"slice {sop_uid} has PixelSpacing {list(dataset.PixelSpacing)}; spacing must be positive",
-                code="series.invalid_tag",
-            )
+        _check_values(dataset, sop_uid)
         _check_transfer_syntax(dataset)
         photometric = str(dataset.get("PhotometricInterpretation", ""))
         if photometric != "MONOCHROME2" or int(dataset.get("SamplesPerPixel", 1)) != 1:
@@ -425,6 +421,55 @@ def _check_tags(datasets: Sequence[Dataset]) -> None:
                 f"{dataset.get('SamplesPerPixel')}; a CT must be MONOCHROME2 with 1 sample per pixel",
                 code="series.unsupported_photometric",
             )
+
+
+def _numbers(dataset: Dataset, keyword: str) -> list[float]:
+    value = dataset.get(keyword)
+    values = value if isinstance(value, Sequence) and not isinstance(value, str | bytes) else [value]
+    return [float(v) for v in values]
+
+
+def _check_values(dataset: Dataset, sop_uid: object) -> None:
+    """Reject geometry and rescale values that are not finite, and grids without voxels."""
+    try:
+        numbers = {
+            keyword: _numbers(dataset, keyword)
+            for keyword in (
+                "ImagePositionPatient",
+                "ImageOrientationPatient",
+                "PixelSpacing",
+                "RescaleSlope",
+                "RescaleIntercept",
+            )
+        }
+    except (TypeError, ValueError) as error:
+        raise InputError(
+            f"slice {sop_uid} has a geometry or rescale value that is not a number ({error})",
+            code="series.invalid_tag",
+        ) from error
+    for keyword, values in numbers.items():
+        if not all(math.isfinite(v) for v in values):
+            raise InputError(
+                f"slice {sop_uid} has {keyword} {values}; every value must be a finite number",
+                code="series.invalid_tag",
+            )
+    if min(numbers["PixelSpacing"]) <= 0:
+        raise InputError(
+            f"slice {sop_uid} has PixelSpacing {numbers['PixelSpacing']}; spacing must be positive",
+            code="series.invalid_tag",
+        )
+    slope = numbers["RescaleSlope"][0]
+    if slope == 0 or abs(slope) > 1e6 or abs(numbers["RescaleIntercept"][0]) > 1e6:
+        raise InputError(
+            f"slice {sop_uid} has RescaleSlope {slope} and RescaleIntercept {numbers['RescaleIntercept'][0]}; "
+            "a CT needs a non-zero slope and values that give HU",
+            code="series.invalid_tag",
+        )
+    if int(dataset.Rows) < 1 or int(dataset.Columns) < 1:
+        raise InputError(
+            f"slice {sop_uid} has {dataset.Rows} rows and {dataset.Columns} columns; an image needs at least one",
+            code="series.invalid_tag",
+        )
 
 
 def _check_transfer_syntax(dataset: Dataset) -> None:
