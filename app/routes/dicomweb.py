@@ -10,13 +10,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.auth import require_api_key
-from app.dicomweb import multipart_related_body, store_response, store_status
+from app.dicomweb import multipart_related_body
 from app.errors import ApiError
 from app.ingest import ingest_files
 from app.routes.jobs import result_path
 from app.schemas import ErrorBody
 from app.settings import Settings
 from app.store import JobStore
+from app.stow_response import store_response, store_status
 from app.uploads import receive_stow
 
 logger = logging.getLogger(__name__)

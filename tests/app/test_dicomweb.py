@@ -24,9 +24,8 @@ from app.dicomweb import (
     parse_related_content_type,
     read_header,
     receive_multipart_related,
-    store_response,
-    store_status,
 )
+from app.stow_response import store_response, store_status
 from model.errors import InputError
 
 BOUNDARY = "sats-test-boundary"
