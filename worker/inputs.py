@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import lzma
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -17,6 +20,10 @@ MAX_ZIP_ENTRIES = 20_000
 #: Maximum total size of the files in a zip archive once extracted (8 GiB, about 16,000 CT slices of
 #: 512 x 512 x 16 bit), a guard against archives that expand without bound.
 MAX_ZIP_BYTES = 8 * 1024**3
+
+
+#: Longest name component that file systems accept, in bytes.
+MAX_NAME_BYTES = 255
 
 
 def _check_entry(name: str) -> PurePosixPath:
@@ -42,7 +49,7 @@ def extract_zip(
     """
     try:
         with zipfile.ZipFile(archive) as bundle:
-            entries = [info for info in bundle.infolist() if not info.is_dir()]
+            entries = [info for info in bundle.infolist() if not info.filename.endswith("/")]
             if len(entries) > max_entries:
                 raise InputError(
                     f"zip archive has {len(entries)} files, more than the limit of {max_entries}",
@@ -55,14 +62,50 @@ def extract_zip(
                     f"{max_bytes / 1024**2:.0f} MiB",
                     code="input.zip_too_large",
                 )
-            targets = [(info, destination.joinpath(*_check_entry(info.filename).parts)) for info in entries]
+            paths = [_check_entry(info.filename) for info in entries]
+            _check_names(paths)
+            targets = [(info, destination.joinpath(*path.parts)) for info, path in zip(entries, paths, strict=True)]
             for info, target in targets:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with bundle.open(info) as source, target.open("wb") as sink:
-                    shutil.copyfileobj(source, sink, length=1024 * 1024)
+                _extract_member(bundle, info, target)
             return [target for _, target in targets]
     except zipfile.BadZipFile as error:
         raise InputError(f"{archive} is not a valid zip archive: {error}", code="input.zip_invalid") from error
+
+
+def _check_names(paths: list[PurePosixPath]) -> None:
+    """Reject empty and over-long names, two entries of one path, and an entry that is also a folder."""
+    for path in paths:
+        if not path.parts:
+            raise InputError("zip archive has an entry without a name", code="input.zip_invalid")
+        if any(len(part.encode("utf-8")) > MAX_NAME_BYTES for part in path.parts):
+            raise InputError(
+                f"zip entry {str(path)[:60]!r}... has a name component over {MAX_NAME_BYTES} bytes",
+                code="input.zip_invalid",
+            )
+    files = {path.parts for path in paths}
+    if len(files) != len(paths):
+        raise InputError("zip archive has two entries with the same path", code="input.zip_invalid")
+    for parts in files:
+        for end in range(1, len(parts)):
+            if parts[:end] in files:
+                raise InputError(
+                    f"zip entry {'/'.join(parts[:end])!r} is both a file and a folder", code="input.zip_invalid"
+                )
+
+
+def _extract_member(bundle: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
+    """Write one member to ``target``; a member that cannot be read is invalid input."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with bundle.open(info) as source, target.open("wb") as sink:
+            shutil.copyfileobj(source, sink, length=1024 * 1024)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise  # the server's disk is full: not the sender's fault
+        raise InputError(f"zip entry {info.filename!r} cannot be read: {error}", code="input.zip_invalid") from error
+    except (RuntimeError, NotImplementedError, EOFError, zlib.error, lzma.LZMAError) as error:
+        # Encrypted members, unknown compression methods and corrupt compressed data.
+        raise InputError(f"zip entry {info.filename!r} cannot be read: {error}", code="input.zip_invalid") from error
 
 
 @contextmanager

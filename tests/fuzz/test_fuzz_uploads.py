@@ -76,23 +76,6 @@ CODES_BY_STATUS = {
 # has a strict xfail test at the end of this module. When a fix lands, that test passes,
 # which strict xfail reports as a failure: delete the xfail mark and the entry here.
 KNOWN_UPLOAD_DEFECTS = {
-    "zip_member_path_error": (
-        "a zip member whose path cannot be created (a name component over 255 bytes, or a file and a "
-        "folder of one name) raises OSError out of worker.inputs.extract_zip: HTTP 500"
-    ),
-    "zip_member_unreadable": (
-        "a zip member that is encrypted, uses an unsupported compression method or holds corrupt compressed "
-        "data raises RuntimeError, NotImplementedError, zlib.error, lzma.LZMAError, EOFError or OSError out "
-        "of worker.inputs.extract_zip: HTTP 500"
-    ),
-    "zip_member_empty_name": (
-        "a zip whose central directory holds an empty member name raises IndexError from "
-        "zipfile.ZipInfo.is_dir in worker.inputs.extract_zip: HTTP 500"
-    ),
-    "zip_duplicate_member": (
-        "a zip with two members of one path ('0' twice, or 'a' and './a') is extracted to one file that "
-        "extract_zip lists twice, so app.ingest._move_all raises FileNotFoundError on the second move: HTTP 500"
-    ),
     "form_error_body": (
         "Starlette turns an invalid multipart/form-data body, and one with more than max_upload_files "
         "files, into HTTP 400 {'detail': ...} before app.uploads sees it: the body has no error code, "
@@ -222,7 +205,7 @@ def _known_memory_defect(payloads: Sequence[bytes]) -> str | None:
 
 def _accept_known(defect: str | None, failure: str) -> None:
     """Fail with ``failure`` unless ``defect`` names a known defect (and strict mode is off)."""
-    if defect is None or STRICT:
+    if defect is None or defect not in KNOWN_UPLOAD_DEFECTS or STRICT:
         raise AssertionError(failure)
     event(f"known defect {defect}")
 
@@ -705,7 +688,6 @@ def _assert_zip_rejected(gateway: Gateway, result: GuardedResult) -> None:
     assert not any(gateway.settings.incoming_dir.iterdir())
 
 
-@_xfail_known("zip_member_path_error")
 @pytest.mark.parametrize(
     "names", [["x" * 300], ["a", "a/b"], ["a/b", "a"]], ids=["name-300-bytes", "file-then-folder", "folder-then-file"]
 )
@@ -714,14 +696,12 @@ def test_zip_member_path_error_rejected(gateway, slices, names):
     _assert_zip_rejected(gateway, _post_zip(gateway, archive))
 
 
-@_xfail_known("zip_member_unreadable")
 @pytest.mark.parametrize("field_edit", ["encrypted", "method"])
 def test_zip_member_unreadable_rejected(gateway, slices, field_edit):
     archive = ZipDamage(zipfile.ZIP_STORED, (), None, field_edit).apply(slices)
     _assert_zip_rejected(gateway, _post_zip(gateway, archive))
 
 
-@_xfail_known("zip_member_unreadable")
 def test_zip_corrupt_deflate_stream_rejected(gateway, slices):
     archive = bytearray(_zip_bytes([("ct.dcm", slices[0])], zipfile.ZIP_DEFLATED))
     data_start = 30 + len("ct.dcm")  # local file header, then the member name
@@ -729,13 +709,11 @@ def test_zip_corrupt_deflate_stream_rejected(gateway, slices):
     _assert_zip_rejected(gateway, _post_zip(gateway, bytes(archive)))
 
 
-@_xfail_known("zip_member_empty_name")
 def test_zip_empty_member_name_rejected(gateway, slices):
     archive = _with_empty_member_name(_zip_bytes([("ct.dcm", slices[0])], zipfile.ZIP_STORED))
     _assert_zip_rejected(gateway, _post_zip(gateway, archive))
 
 
-@_xfail_known("zip_duplicate_member")
 def test_zip_duplicate_member_names_handled(gateway, slices):
     archive = _zip_bytes([("0", slices[0]), ("0", slices[1])], zipfile.ZIP_STORED)
     result = _post_zip(gateway, archive)
