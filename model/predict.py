@@ -16,7 +16,7 @@ from model.checkpoint import ModelMetadata, load_model, sha256_file
 from model.errors import ModelError
 from model.geometry import to_array
 from model.inference import sliding_window_probabilities
-from model.preprocess import body_crop
+from model.preprocess import CropBox, body_crop
 from model.symmetry import SymmetricVolume, symmetrize, to_input_grid
 
 logger = logging.getLogger(__name__)
@@ -99,6 +99,16 @@ class Predictor:
         """Metadata of the loaded model."""
         return self.metadata
 
+    def symmetrize(self, ct: sitk.Image) -> SymmetricVolume:
+        """Resample ``ct`` into the symmetric frame at the model's spacing, in the model's mode."""
+        metadata = self.metadata
+        return symmetrize(ct, metadata.spacing_dhw_mm, mode=metadata.symmetrization, atlas=self.atlas)
+
+    def preprocess(self, volume: np.ndarray) -> tuple[CropBox, np.ndarray]:
+        """Crop a symmetric-frame ``(D, H, W)`` CT in HU to the body and normalise it for the network."""
+        box = body_crop(volume)
+        return box, self.metadata.normalization.apply(volume[box.slices])
+
     def predict(self, ct: sitk.Image, on_stage: Callable[[str], None] | None = None) -> Prediction:
         """Predict the tumour mask of ``ct`` (HU, any orientation) on its own grid.
 
@@ -110,14 +120,13 @@ class Predictor:
         notify = on_stage or (lambda stage: None)
         notify("symmetrize")
         started = time.monotonic()
-        symmetric = symmetrize(ct, metadata.spacing_dhw_mm, mode=metadata.symmetrization, atlas=self.atlas)
+        symmetric = self.symmetrize(ct)
         timings["symmetrize"] = time.monotonic() - started
 
         notify("preprocess")
         started = time.monotonic()
         volume = to_array(symmetric.image)
-        box = body_crop(volume)
-        normalized = metadata.normalization.apply(volume[box.slices])
+        box, normalized = self.preprocess(volume)
         timings["preprocess"] = time.monotonic() - started
 
         notify("infer")

@@ -84,17 +84,13 @@ def _print(result: dict[str, Any]) -> int:
 
 
 def _prepared_volume(series: Path, predictor: Any) -> Any:
-    """Return the series as the network sees it: symmetrized, cropped to the body, normalised."""
+    """Return the network's input for the series: symmetrized, cropped to the body, normalised."""
     from model.geometry import to_array
-    from model.preprocess import body_crop
-    from model.symmetry import symmetrize
     from worker.series import read_ct_series
 
-    metadata = predictor.info
-    ct = read_ct_series(series)
-    symmetric = symmetrize(ct.image, metadata.spacing_dhw_mm, mode=metadata.symmetrization, atlas=predictor.atlas)
-    volume = to_array(symmetric.image)
-    return metadata.normalization.apply(volume[body_crop(volume).slices])
+    symmetric = predictor.symmetrize(read_ct_series(series).image)
+    _, normalized = predictor.preprocess(to_array(symmetric.image))
+    return normalized
 
 
 def _run_inference(args: argparse.Namespace) -> int:

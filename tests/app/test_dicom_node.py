@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import redis
 from pydicom.uid import MPEG2MPML, JPEGLSLossless
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
@@ -15,17 +14,8 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from app.dicom_node import DicomNode, decodable_transfer_syntaxes
 from app.settings import Settings
 from app.store import JobStore
-from tests.conftest import SERVICE_REDIS_URL
 from tests.integration.conftest import free_port
 from worker.synthetic_dicom import Ball, SeriesGeometry, render_phantom, write_ct_series
-
-
-@pytest.fixture
-def store():
-    client = redis.Redis.from_url(SERVICE_REDIS_URL, decode_responses=True)
-    client.flushdb()
-    yield JobStore(client)
-    client.flushdb()
 
 
 @pytest.fixture

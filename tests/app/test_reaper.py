@@ -6,20 +6,10 @@ import os
 import time
 
 import pytest
-import redis
 
 from app.reaper import ORPHAN_GRACE_S, UNSENT_GRACE_S, sweep
 from app.settings import Settings
 from app.store import Job, JobStore, new_job_id
-from tests.conftest import SERVICE_REDIS_URL
-
-
-@pytest.fixture
-def store():
-    client = redis.Redis.from_url(SERVICE_REDIS_URL, decode_responses=True)
-    client.flushdb()
-    yield JobStore(client)
-    client.flushdb()
 
 
 @pytest.fixture
