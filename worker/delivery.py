@@ -35,7 +35,7 @@ from model.errors import SATsError
 
 logger = logging.getLogger(__name__)
 
-#: Seconds to wait for a destination to answer (association, DIMSE and HTTP).
+#: Seconds to wait for a destination to respond (association, DIMSE and HTTP).
 TIMEOUT_S = 60.0
 
 #: C-STORE statuses that mean "stored" (PS3.4 annex B.2.3: success and warnings).
@@ -53,7 +53,7 @@ class TransientDeliveryError(SATsError):
 
 @dataclass
 class DeliveryOutcome:
-    """What happened to one instance at one destination."""
+    """Delivery outcome of one instance at one destination."""
 
     destination: str
     sop_class: str
@@ -86,8 +86,8 @@ def deliver_dicom(destination: Destination, paths: Sequence[Path], calling_aet: 
         raise ValueError(f"destination {destination.name!r} of kind dicom needs ae_title, host and port")
     association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not association.is_established and association.rejected_contexts and not association.accepted_contexts:
-        # The peer answered but accepted no presentation context, so pynetdicom aborted:
-        # the destination does not take these SOP classes, and retrying cannot help.
+        # The peer responded but accepted no presentation context, so pynetdicom aborted.
+        # The destination does not accept these SOP classes, and retrying cannot help.
         return [_rejected(destination, UID(str(d.SOPClassUID)), str(d.SOPInstanceUID)) for d in datasets]
     if not association.is_established:
         raise TransientDeliveryError(
@@ -142,7 +142,7 @@ def deliver_dicomweb(destination: Destination, paths: Sequence[Path]) -> list[De
     except httpx.HTTPError as error:
         raise TransientDeliveryError(f"STOW-RS to {destination.name} failed: {error}") from error
     if response.status_code == 429 or response.status_code >= 500:
-        raise TransientDeliveryError(f"STOW-RS to {destination.name} answered HTTP {response.status_code}")
+        raise TransientDeliveryError(f"STOW-RS to {destination.name} returned HTTP {response.status_code}")
     failed: dict[str, int] = {}
     if response.status_code in (200, 202, 409) and response.content:
         try:

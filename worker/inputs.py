@@ -22,7 +22,7 @@ MAX_ZIP_ENTRIES = 20_000
 MAX_ZIP_BYTES = 8 * 1024**3
 
 
-#: Longest name component that file systems accept, in bytes.
+#: Maximum length of one name component in bytes, the limit of common Linux file systems.
 MAX_NAME_BYTES = 255
 
 

@@ -479,7 +479,7 @@ def _copy_patient_and_study(ct_slice: Dataset, dataset: Dataset) -> None:
 def _set_encoded(dataset: Dataset, keyword: str, vr: str, text: str) -> None:
     """Store an element as its encoded bytes (explicit VR little endian), skipping pydicom's value parsing.
 
-    A structure set holds hundreds of thousands of coordinates. Letting pydicom parse and
+    A structure set contains hundreds of thousands of coordinates. Letting pydicom parse and
     validate each DS value took about 70 % of the time to build and write one, so values
     that this module has already formatted (see :func:`format_ds`) are stored encoded.
     Reading the element back parses it as usual.

@@ -213,7 +213,12 @@ def _set_transfer_syntax(dataset: Dataset) -> None:
     if meta is not None and meta.get("TransferSyntaxUID"):
         return
     implicit_vr, little_endian = dataset.original_encoding
-    syntax = ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian
+    if implicit_vr:
+        syntax = ImplicitVRLittleEndian
+    elif little_endian:
+        syntax = ExplicitVRLittleEndian
+    else:
+        syntax = ExplicitVRBigEndian
     if meta is None:
         dataset.file_meta = FileMetaDataset()
     dataset.file_meta.TransferSyntaxUID = syntax

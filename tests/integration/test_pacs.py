@@ -1,7 +1,7 @@
 """SATs as a PACS node, with real peers: Orthanc (Debian orthanc, orthanc-dicomweb) and DCMTK.
 
 storescu sends the real pyCERR CT to the SATs listener; the RTSTRUCT and SEG arrive in
-Orthanc, which also holds the CT, and in a DCMTK storescp that rejects SEG. Orthanc's
+Orthanc, which also stores the CT, and in a DCMTK storescp that rejects SEG. Orthanc's
 "send to modality" of another study triggers the same job and delivery.
 """
 
@@ -153,7 +153,7 @@ def test_storescu_to_listener_results_in_orthanc(pacs):
     [received] = pacs.restricted.wait_for_files(1, 30)
     assert pydicom.dcmread(received).Modality == "RTSTRUCT"
 
-    # Orthanc holds both results in the CT's study (REST and C-FIND).
+    # Orthanc stores both results in the CT's study (REST and C-FIND).
     [rtstruct_series] = _orthanc_series(pacs, "RTSTRUCT", study_id)
     [seg_series] = _orthanc_series(pacs, "SEG", study_id)
     found = findscu_series(pacs.orthanc.dicom_port, "ORTHANC", "FINDSCU", ct.StudyInstanceUID)
