@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import anyio.to_thread
-import pydicom
 from pydicom import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from model.errors import InputError
+from worker.dicom_read import TruncatedElementError, read_dicom
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -63,6 +63,7 @@ _IDENTITY_TRANSFER_ENCODINGS = frozenset({"binary", "8bit", "7bit"})
 # Other exceptions, OSError included, propagate.
 _UNREADABLE_DICOM_ERRORS = (
     InvalidDicomError,
+    TruncatedElementError,
     BytesLengthException,
     EOFError,
     NotImplementedError,
@@ -558,7 +559,7 @@ def read_header(path: Path) -> Dataset | None:
     File Meta Information is accepted too.
     """
     try:
-        dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        dataset = read_dicom(path, stop_before_pixels=True)
         sop_class_uid = dataset.get("SOPClassUID")
         sop_instance_uid = dataset.get("SOPInstanceUID")
     except _UNREADABLE_DICOM_ERRORS as error:

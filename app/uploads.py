@@ -18,6 +18,7 @@ from pathlib import Path
 import anyio
 from fastapi import Request
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.types import Message
 
@@ -124,13 +125,15 @@ async def receive_upload(request: Request, settings: Settings) -> AsyncIterator[
         if media_type == "multipart/form-data":
             try:
                 form = await limited.form(max_files=settings.max_upload_files, max_fields=100)
-            except MultiPartException as error:
-                if "Too many files" in str(error):
+            except (MultiPartException, HTTPException) as error:
+                # Starlette raises MultiPartException outside an app and HTTPException(400) inside one.
+                reason = error.detail if isinstance(error, HTTPException) else error.message
+                if "Too many files" in reason:
                     raise UploadTooLarge(
                         f"upload has more than {settings.max_upload_files} files (SATS_MAX_UPLOAD_FILES)",
                         code="upload.too_many_files",
                     ) from error
-                raise InputError(f"invalid multipart/form-data body: {error}", code="upload.malformed") from error
+                raise InputError(f"invalid multipart/form-data body: {reason}", code="upload.malformed") from error
             try:
                 uploads = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
                 for index, upload in enumerate(uploads):

@@ -31,24 +31,24 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings as python_warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import SimpleITK as sitk
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from model.errors import InputError
 from model.geometry import AIR_HU
+from worker.dicom_read import read_dicom
 from worker.series_checks import (
     check_grid,
     check_orientation,
+    check_pixel_data,
     check_stack,
     check_tags,
     orientation_of,
@@ -186,21 +186,24 @@ def list_files(folder: Path) -> list[Path]:
 
 
 def _read_header(path: Path) -> Dataset | None:
-    """Read ``path`` with pixel data deferred; return None if it is not DICOM."""
+    """Read ``path`` with pixel data deferred; return None if it is not DICOM or cannot be parsed.
+
+    Every element except the deferred large ones is decoded here, so a corrupt value makes
+    the file unreadable now instead of failing a later stage. Pixel data that runs past the
+    end of the file is kept, so that the checks reject the truncated slice by name.
+    """
     if path.stat().st_size == 0:
         return None
     try:
-        with python_warnings.catch_warnings():
-            # force=True makes pydicom guess at non-DICOM bytes and warn about it.
-            python_warnings.simplefilter("ignore", UserWarning)
-            dataset = pydicom.dcmread(path, force=True, defer_size=1024)
-    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError, OverflowError, AttributeError):
+        dataset = read_dicom(path, allow_truncated_pixels=True)
+        for tag in list(dataset.keys()):
+            element = dataset.get_item(tag, keep_deferred=True)
+            if not isinstance(element, RawDataElement) or element.value is not None:
+                dataset[tag]  # decode the value now
+        sop_class = dataset.get("SOPClassUID")
+    except Exception:  # noqa: BLE001 - pydicom raises many types on bytes that are not valid DICOM
         return None
     # force=True parses any bytes; a real image or object has a SOP Class UID.
-    try:
-        sop_class = dataset.get("SOPClassUID")
-    except Exception:  # noqa: BLE001 - pydicom raises many types on garbage elements
-        return None
     if not sop_class:
         return None
     _set_transfer_syntax(dataset)
@@ -232,8 +235,13 @@ def _is_localizer(dataset: Dataset) -> bool:
     return len(values) > 2 and values[2] == "LOCALIZER"
 
 
-def _is_axial(dataset: Dataset) -> bool:
-    orientation = orientation_of(dataset)
+def _is_axial(datasets: Sequence[Dataset]) -> bool:
+    """Whether the series is axial, judged by the first slice with a valid ImageOrientationPatient.
+
+    A slice with an unreadable orientation does not decide; the header checks reject it by name
+    once the series is chosen.
+    """
+    orientation = next((o for o in map(orientation_of, datasets) if o is not None), None)
     if orientation is None:
         return False
     normal = np.cross(orientation[:3], orientation[3:])
@@ -288,7 +296,7 @@ def _candidates(series: dict[str, list[Dataset]]) -> list[SeriesCandidate]:
     found = []
     for uid, datasets in series.items():
         modality = str(datasets[0].get("Modality", "") or "unknown")
-        found.append(SeriesCandidate(uid, modality, len(datasets), _is_axial(datasets[0])))
+        found.append(SeriesCandidate(uid, modality, len(datasets), _is_axial(datasets)))
     return sorted(found, key=lambda c: (-c.images, c.series_instance_uid))
 
 
@@ -478,6 +486,7 @@ def build_volume(datasets: Sequence[Dataset]) -> CTSeries:
     check_tags(datasets)
     direction = check_orientation(datasets)
     check_grid(datasets)
+    check_pixel_data(datasets)
     warnings: list[ReadWarning] = []
     kept, decoded = _sort_and_deduplicate(datasets, direction[:, 2], warnings)
     positions, step = check_stack(kept, direction)

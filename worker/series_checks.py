@@ -8,14 +8,18 @@ the rules.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from model.errors import InputError
+from worker.dicom_read import PIXEL_DATA_TAG
 
 #: Multi-frame CT SOP classes, rejected by name until they are supported.
 ENHANCED_CT_STORAGES = {
@@ -47,12 +51,52 @@ GEOMETRY_TAGS = (
     "RescaleIntercept",
 )
 
+#: Attributes every slice must have, because its pixel values cannot be decoded without them.
+PIXEL_TAGS = ("BitsAllocated", "BitsStored", "PixelRepresentation")
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+#: Attributes that must hold exactly one value.
+SINGLE_VALUED_TAGS = (
+    "Rows",
+    "Columns",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+    "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
+)
+
+#: Largest Rows or Columns accepted. Planning CTs have 512 or 1024; the cap bounds the
+#: memory a header can claim before any pixel is decoded.
+MAX_ROWS_COLUMNS = 4096
+
+#: Number of values each multi-valued geometry attribute must have.
+VECTOR_LENGTHS = {"ImagePositionPatient": 3, "ImageOrientationPatient": 6, "PixelSpacing": 2}
+
+
+def values_of(dataset: Dataset, keyword: str) -> list[object]:
+    """Return the values of ``keyword`` as a list: pydicom gives a bare value when there is one."""
+    value = dataset.get(keyword)
+    if value is None:
+        return []
+    if isinstance(value, MultiValue | list | tuple):
+        return list(value)
+    return [value]
+
 
 def orientation_of(dataset: Dataset) -> np.ndarray | None:
-    value = dataset.get("ImageOrientationPatient")
-    if value is None or len(value) != 6:
+    """Return the six ImageOrientationPatient numbers, or None if there are not six numbers."""
+    values = values_of(dataset, "ImageOrientationPatient")
+    if len(values) != 6:
         return None
-    return np.asarray([float(v) for v in value], dtype=np.float64)
+    try:
+        return np.asarray([float(v) for v in values], dtype=np.float64)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
 
 def check_tags(datasets: Sequence[Dataset]) -> None:
@@ -72,16 +116,30 @@ def check_tags(datasets: Sequence[Dataset]) -> None:
                     f"slice {sop_uid} has no {keyword}; the geometry cannot be trusted, so the series is rejected",
                     code="series.missing_tag",
                 )
-        if len(dataset.ImagePositionPatient) != 3 or len(dataset.PixelSpacing) != 2:
-            raise InputError(
-                f"slice {sop_uid} has ImagePositionPatient {list(dataset.ImagePositionPatient)} and PixelSpacing "
-                f"{list(dataset.PixelSpacing)}; expected 3 and 2 values",
-                code="series.invalid_tag",
-            )
+        for keyword in PIXEL_TAGS:
+            if dataset.get(keyword) in (None, ""):
+                raise InputError(
+                    f"slice {sop_uid} has no {keyword}, so its pixel values cannot be decoded; the series is rejected",
+                    code="series.missing_tag",
+                )
+        for keyword, length in VECTOR_LENGTHS.items():
+            values = values_of(dataset, keyword)
+            if len(values) != length:
+                raise InputError(
+                    f"slice {sop_uid} has {keyword} {[str(v) for v in values]}; expected {length} values",
+                    code="series.invalid_tag",
+                )
+        for keyword in SINGLE_VALUED_TAGS:
+            values = values_of(dataset, keyword)
+            if len(values) > 1:
+                raise InputError(
+                    f"slice {sop_uid} has {keyword} {[str(v) for v in values]}; it must have one value",
+                    code="series.invalid_tag",
+                )
         _check_values(dataset, sop_uid)
         _check_transfer_syntax(dataset)
         photometric = str(dataset.get("PhotometricInterpretation", ""))
-        if photometric != "MONOCHROME2" or int(dataset.get("SamplesPerPixel", 1)) != 1:
+        if photometric != "MONOCHROME2" or int(dataset.get("SamplesPerPixel") or 1) != 1:
             raise InputError(
                 f"slice {sop_uid} has PhotometricInterpretation {photometric!r} and SamplesPerPixel "
                 f"{dataset.get('SamplesPerPixel')}; a CT must be MONOCHROME2 with 1 sample per pixel",
@@ -90,9 +148,7 @@ def check_tags(datasets: Sequence[Dataset]) -> None:
 
 
 def _numbers(dataset: Dataset, keyword: str) -> list[float]:
-    value = dataset.get(keyword)
-    values = value if isinstance(value, Sequence) and not isinstance(value, str | bytes) else [value]
-    return [float(v) for v in values]
+    return [float(v) for v in values_of(dataset, keyword)]  # type: ignore[arg-type]
 
 
 def _check_values(dataset: Dataset, sop_uid: object) -> None:
@@ -131,7 +187,16 @@ def _check_values(dataset: Dataset, sop_uid: object) -> None:
             "a CT needs a non-zero slope and values that give HU",
             code="series.invalid_tag",
         )
-    if int(dataset.Rows) < 1 or int(dataset.Columns) < 1:
+    try:
+        integers = {keyword: int(dataset.get(keyword)) for keyword in ("Rows", "Columns", "BitsAllocated")}
+        if dataset.get("SamplesPerPixel") not in (None, ""):
+            int(dataset.SamplesPerPixel)
+    except (TypeError, ValueError) as error:
+        raise InputError(
+            f"slice {sop_uid} has Rows, Columns, BitsAllocated or SamplesPerPixel that is not a whole number ({error})",
+            code="series.invalid_tag",
+        ) from error
+    if integers["Rows"] < 1 or integers["Columns"] < 1:
         raise InputError(
             f"slice {sop_uid} has {dataset.Rows} rows and {dataset.Columns} columns; an image needs at least one",
             code="series.invalid_tag",
@@ -144,6 +209,12 @@ def _check_transfer_syntax(dataset: Dataset) -> None:
     if syntax_uid is None:
         return  # a bare data set: pydicom found implicit or explicit VR little or big endian
     syntax = UID(str(syntax_uid))
+    if not syntax.is_transfer_syntax:
+        raise InputError(
+            f"slice {dataset.get('SOPInstanceUID')} names {syntax} as its transfer syntax, which is not a "
+            "transfer syntax UID; the file meta information is corrupt, so send the file again",
+            code="series.unsupported_transfer_syntax",
+        )
     if not syntax.is_compressed:
         return
     try:
@@ -208,6 +279,59 @@ def check_grid(datasets: Sequence[Dataset]) -> None:
             )
 
 
+def stored_pixel_bytes(dataset: Dataset) -> int | None:
+    """Return how many bytes of native pixel data the file holds, without reading them.
+
+    None for encapsulated (compressed) pixel data, whose decoded size is known only after
+    decoding. A value that the header declares longer than the file counts up to the end of
+    the file.
+    """
+    meta = getattr(dataset, "file_meta", None)
+    syntax_uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax_uid is not None and UID(str(syntax_uid)).is_encapsulated:
+        return None
+    element = dataset.get_item(PIXEL_DATA_TAG, keep_deferred=True)
+    if element is None:
+        return 0
+    if not isinstance(element, RawDataElement):
+        return len(element.value or b"")
+    if element.length == UNDEFINED_LENGTH:
+        return None
+    length = int(element.length)
+    filename = getattr(dataset, "filename", None)
+    if element.value is None and isinstance(filename, str):  # deferred: the value is still in the file
+        length = min(length, max(0, os.path.getsize(filename) - int(element.value_tell)))
+    return length
+
+
+def check_pixel_data(datasets: Sequence[Dataset]) -> None:
+    """Check every slice's pixel data size before the volume is allocated.
+
+    An uncompressed slice must hold Rows x Columns values of BitsAllocated bits. Rows and
+    Columns are capped at :data:`MAX_ROWS_COLUMNS`, which bounds what compressed slices can
+    claim.
+    """
+    for dataset in datasets:
+        sop_uid = dataset.get("SOPInstanceUID", "unknown")
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        stored = stored_pixel_bytes(dataset)
+        bits = int(dataset.BitsAllocated)
+        if stored is not None and bits % 8 == 0:
+            needed = rows * columns * (bits // 8)
+            if stored < needed:
+                raise InputError(
+                    f"pixel data of slice {sop_uid} has {stored} bytes, but {rows} rows x {columns} columns x "
+                    f"{bits} bits need {needed}; the file is truncated or its header is wrong, so the series is "
+                    "rejected",
+                    code="series.unreadable_slice",
+                )
+        if max(rows, columns) > MAX_ROWS_COLUMNS:
+            raise InputError(
+                f"slice {sop_uid} has {rows} rows and {columns} columns; at most {MAX_ROWS_COLUMNS} are supported",
+                code="series.invalid_tag",
+            )
+
+
 def check_stack(datasets: Sequence[Dataset], direction: np.ndarray) -> tuple[np.ndarray, float]:
     """Check that slices step along the normal by one spacing; return positions and the step."""
     normal = direction[:, 2]
@@ -223,7 +347,7 @@ def check_stack(datasets: Sequence[Dataset], direction: np.ndarray) -> tuple[np.
     if in_plane[worst] > MAX_SHEAR_MM:
         tilt = math.degrees(math.atan2(in_plane[worst], along[worst]))
         tag = datasets[0].get("GantryDetectorTilt")
-        tag_text = f", GantryDetectorTilt {float(tag):g}" if tag not in (None, "") else ""
+        tag_text = f", GantryDetectorTilt {tag}" if tag not in (None, "") else ""
         raise InputError(
             f"the slices are sheared: neighbouring origins are offset by {in_plane[worst]:.2f} mm in plane, a "
             f"gantry tilt of {tilt:.1f} degrees{tag_text}. Gantry-tilted series are not supported because contours "

@@ -6,12 +6,8 @@ project modules that are loaded, so ``pytest tests/fuzz/test_fuzz_reader.py`` al
 ``tests/fuzz`` folder and the full suite each run somewhat different examples, and a code
 change elsewhere can change them too.
 
-Two environment variables serve longer local runs:
-
-``SATS_FUZZ_SCALE``
-    Multiplies the number of examples of every fuzz test (default 1).
-``SATS_FUZZ_STRICT``
-    Set to 1 to fail on the known defects that each module lists as well.
+For longer local runs, the environment variable ``SATS_FUZZ_SCALE`` multiplies the number of
+examples of every fuzz test (default 1).
 """
 
 from __future__ import annotations
@@ -29,7 +25,6 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 
 EXAMPLE_SCALE = float(os.environ.get("SATS_FUZZ_SCALE", "1"))
-STRICT = os.environ.get("SATS_FUZZ_STRICT", "") == "1"
 
 # derandomize=True also turns off the example database (Hypothesis 6), so no run replays or
 # stores examples in a .hypothesis folder. The @seed of each test fixes which examples run.

@@ -18,7 +18,6 @@ import math
 import shutil
 import struct
 import tempfile
-import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ from pydicom.uid import (
 )
 
 from model.errors import InputError
-from tests.fuzz import FUZZ_SETTINGS, STRICT, GuardedResult, guarded_call, scaled_examples
+from tests.fuzz import FUZZ_SETTINGS, GuardedResult, guarded_call, scaled_examples
 from worker.series import CTSeries, read_ct_series, scan_files
 from worker.synthetic_dicom import Ball, SeriesGeometry, render_phantom, write_ct_series
 
@@ -67,41 +66,6 @@ EXAMPLE_TIME_LIMIT_S = 5.0
 EXAMPLE_MEMORY_LIMIT_BYTES = 256 * 1024**2
 
 DOCUMENTED_CODE_PREFIXES = ("series.", "input.", "file.")
-
-# NOTE: these defects of worker/series.py were found by this module and are not fixed yet.
-# An example that hits one passes and is counted as a Hypothesis event (see
-# --hypothesis-show-statistics), so the fuzz tests keep failing on any new defect. Each one
-# has a strict xfail test at the end of this module. When a fix lands, that test passes,
-# which strict xfail reports as a failure: delete the xfail mark and the entry here.
-KNOWN_READER_DEFECTS = {
-    "invalid_ds_text": (
-        "an ImageOrientationPatient value that is not a number in the first file of a series raises ValueError "
-        "from float() while the series is chosen, before the header checks run"
-    ),
-    "single_value_vector": (
-        "ImagePositionPatient, ImageOrientationPatient or PixelSpacing with one value raises TypeError from "
-        "len() or list()"
-    ),
-    "multi_value_scalar": (
-        "a single-valued element such as Rows or RescaleIntercept with more than one value raises TypeError "
-        "from int() or float()"
-    ),
-    "not_a_transfer_syntax": "a TransferSyntaxUID that names no transfer syntax raises ValueError from pydicom",
-    "corrupt_element_escapes": (
-        "a corrupt element (a value of the wrong length, an unknown VR, a file cut off in its File Meta "
-        "Information) raises a pydicom error such as BytesLengthException or struct.error that the reader "
-        "does not catch"
-    ),
-    "volume_allocated_unchecked": (
-        "build_volume allocates slices x Rows x Columns float32 before checking the pixel data length, "
-        "so Rows = Columns = 65535 raises MemoryError or allocates gigabytes"
-    ),
-    "huge_length_read": (
-        "an element whose length field is corrupt is read into a buffer of the declared length (up to 4 GiB), "
-        "because pydicom reads a deferred value in full when scan_files accesses it"
-    ),
-}
-
 
 # ---------------------------------------------------------------------------------------------
 # The valid series
@@ -173,49 +137,13 @@ def _read(folder: Path) -> GuardedResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def _reader_functions(error: BaseException) -> list[str]:
-    """Return the reader's functions (worker/series*.py) in the traceback of ``error``, outermost first.
-
-    Comprehension frames such as ``<listcomp>`` are left out.
-    """
-    names = []
-    for frame in traceback.extract_tb(error.__traceback__):
-        folder, module = Path(frame.filename).parts[-2:]
-        if folder == "worker" and module.startswith("series") and not frame.name.startswith("<"):
-            names.append(frame.name)
-    return names
-
-
-def _known_error_defect(error: Exception) -> str | None:
-    """Return the KNOWN_READER_DEFECTS key that explains ``error``, or None for a new failure."""
-    functions = _reader_functions(error)
-    innermost = Path(traceback.extract_tb(error.__traceback__)[-1].filename).parts
-    message = str(error)
-    if isinstance(error, MemoryError) and "build_volume" in functions:
-        return "volume_allocated_unchecked"
-    if isinstance(error, ValueError) and "could not convert string to float" in message and functions:
-        return "invalid_ds_text"
-    if isinstance(error, TypeError) and ("has no len()" in message or "is not iterable" in message) and functions:
-        return "single_value_vector"
-    if isinstance(error, TypeError) and ("int() argument must be" in message or "float() argument must be" in message):
-        return "multi_value_scalar" if functions else None
-    if isinstance(error, ValueError) and "not a transfer syntax" in message and functions:
-        return "not_a_transfer_syntax"
-    if "pydicom" in innermost and functions and "decode_hu" not in functions:
-        return "corrupt_element_escapes"
-    return None
-
-
 def _check_error(error: Exception) -> None:
     if isinstance(error, InputError):
         assert error.code.startswith(DOCUMENTED_CODE_PREFIXES), f"undocumented error code {error.code!r}: {error}"
         assert str(error), f"InputError {error.code} has an empty message"
         event(f"InputError {error.code}")
         return
-    defect = _known_error_defect(error)
-    if defect is None or STRICT:
-        raise AssertionError(f"read_ct_series raised {type(error).__name__} instead of InputError: {error}") from error
-    event(f"known defect {defect} in {_reader_functions(error)[-1]}")
+    raise AssertionError(f"read_ct_series raised {type(error).__name__} instead of InputError: {error}") from error
 
 
 def _series_problems(series: CTSeries, original: OriginalSeries, mutated: set[int]) -> list[str]:
@@ -250,35 +178,18 @@ def _series_problems(series: CTSeries, original: OriginalSeries, mutated: set[in
     return problems
 
 
-def _known_memory_defect(outcome: GuardedResult, damaged_files: Sequence[Path]) -> str | None:
-    """Return the KNOWN_READER_DEFECTS key that explains an allocation peak over the limit, or None."""
-    for path in damaged_files:
-        if guarded_call(scan_files, [path], limit_s=EXAMPLE_TIME_LIMIT_S).peak_bytes > EXAMPLE_MEMORY_LIMIT_BYTES:
-            return "huge_length_read"
-    if isinstance(outcome.error, InputError) and outcome.error.code == "series.unreadable_slice":
-        return "volume_allocated_unchecked"
-    return None
-
-
-def _check_resources(outcome: GuardedResult, damaged_files: Sequence[Path]) -> None:
-    """Assert the time limit and the memory limit, unless a known defect explains the memory peak."""
+def _check_resources(outcome: GuardedResult) -> None:
+    """Assert the time limit and the memory limit of one read."""
     assert outcome.elapsed_s <= EXAMPLE_TIME_LIMIT_S, f"read took {outcome.elapsed_s:.1f} s"
-    if outcome.peak_bytes <= EXAMPLE_MEMORY_LIMIT_BYTES:
-        return
-    defect = _known_memory_defect(outcome, damaged_files)
-    if defect is None or STRICT:
-        raise AssertionError(
-            f"read allocated {outcome.peak_bytes / 1024**2:.0f} MiB at peak "
-            f"(limit {EXAMPLE_MEMORY_LIMIT_BYTES / 1024**2:.0f} MiB) and raised {outcome.error!r}"
-        )
-    event(f"known defect {defect}")
+    assert outcome.peak_bytes <= EXAMPLE_MEMORY_LIMIT_BYTES, (
+        f"read allocated {outcome.peak_bytes / 1024**2:.0f} MiB at peak "
+        f"(limit {EXAMPLE_MEMORY_LIMIT_BYTES / 1024**2:.0f} MiB) and raised {outcome.error!r}"
+    )
 
 
-def _check_outcome(
-    outcome: GuardedResult, original: OriginalSeries, mutated: set[int], damaged_files: Sequence[Path]
-) -> None:
+def _check_outcome(outcome: GuardedResult, original: OriginalSeries, mutated: set[int]) -> None:
     """Assert the reader contract for one read of a series whose slices ``mutated`` were changed."""
-    _check_resources(outcome, damaged_files)
+    _check_resources(outcome)
     if outcome.error is not None:
         _check_error(outcome.error)
         return
@@ -384,7 +295,7 @@ def _mutate_bytes(data: bytes, mutations: Sequence[ByteMutation]) -> bytes:
 def test_byte_mutations_keep_contract(original, examples_root, index, mutations):
     damaged = _mutate_bytes(original.blobs[index], mutations)
     with _example_folder(examples_root, original, {index: damaged}) as folder:
-        _check_outcome(_read(folder), original, {index}, [folder / original.paths[index].name])
+        _check_outcome(_read(folder), original, {index})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,8 +439,7 @@ def _edit_header(blob: bytes, edits: Sequence[HeaderEdit], transfer_syntax: str 
 def test_header_mutations_keep_contract(original, examples_root, targets, edits, transfer_syntax):
     replacements = {k: _edit_header(original.blobs[k], edits, transfer_syntax) for k in targets}
     with _example_folder(examples_root, original, replacements) as folder:
-        damaged_files = [folder / original.paths[k].name for k in targets]
-        _check_outcome(_read(folder), original, set(targets), damaged_files)
+        _check_outcome(_read(folder), original, set(targets))
 
 
 def _with_huge_grid(blob: bytes) -> bytes:
@@ -640,11 +550,8 @@ def test_foreign_files_skipped_with_warnings(original, examples_root, foreign):
             target.parent.mkdir(exist_ok=True)
             target.write_bytes(_foreign_content(item))
         outcome = _read(folder)
-        _check_resources(outcome, [path for path in folder.rglob("*") if path.is_file()])
+        _check_resources(outcome)
 
-    if outcome.error is not None and not isinstance(outcome.error, InputError):
-        _check_error(outcome.error)  # passes only for a known defect
-        return
     assert outcome.error is None, f"foreign files made the read fail: {outcome.error}"
     series = outcome.value
     assert isinstance(series, CTSeries)
@@ -677,10 +584,6 @@ def _assert_rejected(outcome: GuardedResult) -> InputError:
     assert isinstance(outcome.error, InputError), f"raised {type(outcome.error).__name__}: {outcome.error}"
     assert outcome.error.code.startswith(DOCUMENTED_CODE_PREFIXES)
     return outcome.error
-
-
-def _xfail_known(defect: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"known defect {defect}: {KNOWN_READER_DEFECTS[defect]}")
 
 
 # Cases that fuzzing found and that worker/series.py now rejects; they guard the fixes.
@@ -717,17 +620,16 @@ def test_bad_geometry_in_every_slice_rejected(original, examples_root, keyword, 
     assert _assert_rejected(outcome).code == "series.invalid_tag"
 
 
-# Open defects, one minimal reproducer each (see KNOWN_READER_DEFECTS).
+# More cases that fuzzing found, one minimal reproducer each, fixed in worker/series.py and
+# worker/series_checks.py.
 
 
-@_xfail_known("invalid_ds_text")
 def test_non_numeric_orientation_of_first_slice_rejected(original, examples_root):
     # The series is chosen (axial or not) from the first file's orientation before the checks run.
     edit = HeaderEdit("ImageOrientationPatient", b"1x\\0\\0\\0\\1\\0 ")
     _assert_rejected(_read_with_edits(original, examples_root, [0], [edit]))
 
 
-@_xfail_known("single_value_vector")
 @pytest.mark.parametrize(
     ("index", "keyword"),
     [(2, "PixelSpacing"), (2, "ImagePositionPatient"), (2, "ImageOrientationPatient"), (0, "ImageOrientationPatient")],
@@ -736,7 +638,6 @@ def test_single_value_vector_rejected(original, examples_root, index, keyword):
     _assert_rejected(_read_with_edits(original, examples_root, [index], [HeaderEdit(keyword, b"1 ")]))
 
 
-@_xfail_known("multi_value_scalar")
 @pytest.mark.parametrize(
     ("keyword", "value"), [("Rows", struct.pack("<2H", ROWS, ROWS)), ("RescaleIntercept", b"0\\0 ")]
 )
@@ -744,13 +645,11 @@ def test_multi_value_scalar_rejected(original, examples_root, keyword, value):
     _assert_rejected(_read_with_edits(original, examples_root, range(SLICES), [HeaderEdit(keyword, value)]))
 
 
-@_xfail_known("not_a_transfer_syntax")
 def test_transfer_syntax_not_a_transfer_syntax_rejected(original, examples_root):
     # The SOP Class UID of CT Image Storage in place of a transfer syntax.
     _assert_rejected(_read_with_edits(original, examples_root, [2], [], transfer_syntax=str(CTImageStorage)))
 
 
-@_xfail_known("corrupt_element_escapes")
 @pytest.mark.parametrize("length", [141, 152], ids=["cut-in-group-length", "cut-in-meta-version"])
 def test_file_cut_in_file_meta_skipped(original, examples_root, length):
     # Cut off inside the File Meta Information: pydicom raises BytesLengthException (141
@@ -764,7 +663,6 @@ def test_file_cut_in_file_meta_skipped(original, examples_root, length):
     assert np.array_equal(series.hu, original.hu[1:])
 
 
-@_xfail_known("huge_length_read")
 def test_huge_length_field_read_without_huge_buffer(examples_root):
     # SOPClassUID (0008,0016) in implicit VR with a declared length of 0x44000000 bytes (1 GiB)
     # but only 16 bytes of value: the file is 24 bytes long.
@@ -777,7 +675,6 @@ def test_huge_length_field_read_without_huge_buffer(examples_root):
     assert outcome.peak_bytes < 16 * 1024**2, f"allocated {outcome.peak_bytes / 1024**2:.0f} MiB"
 
 
-@_xfail_known("volume_allocated_unchecked")
 def test_huge_grid_in_every_slice_rejected_quickly(original, examples_root):
     replacements = {k: _with_huge_grid(blob) for k, blob in enumerate(original.blobs)}
     with _example_folder(examples_root, original, replacements) as folder:

@@ -19,18 +19,13 @@ describes what that makes reproducible and the environment variables of longer r
 
 from __future__ import annotations
 
-import errno
 import io
-import lzma
 import shutil
 import struct
-import tempfile
-import traceback
 import zipfile
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
@@ -39,11 +34,10 @@ from fastapi.testclient import TestClient
 from hypothesis import event, given, seed, settings
 from hypothesis import strategies as st
 
-from app.dicomweb import read_header
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import SERVICE_REDIS_URL, TEST_API_KEY
-from tests.fuzz import FUZZ_SETTINGS, STRICT, GuardedResult, guarded_call, scaled_examples
+from tests.fuzz import FUZZ_SETTINGS, GuardedResult, guarded_call, scaled_examples
 from worker.synthetic_dicom import Ball, SeriesGeometry, render_phantom, write_ct_series
 
 # Fuzzed DICOM headers make pydicom warn about invalid values; the assertions check the outcome.
@@ -69,24 +63,6 @@ CODES_BY_STATUS = {
     413: {"upload.too_large", "upload.too_many_files", "input.zip_too_large"},
     415: {"upload.unsupported_media_type"},
 }
-
-# NOTE: these defects of the gateway were found by this module and are not fixed yet. An
-# example that hits one passes and is counted as a Hypothesis event (see
-# --hypothesis-show-statistics), so the fuzz tests keep failing on any new defect. Each one
-# has a strict xfail test at the end of this module. When a fix lands, that test passes,
-# which strict xfail reports as a failure: delete the xfail mark and the entry here.
-KNOWN_UPLOAD_DEFECTS = {
-    "form_error_body": (
-        "Starlette turns an invalid multipart/form-data body, and one with more than max_upload_files "
-        "files, into HTTP 400 {'detail': ...} before app.uploads sees it: the body has no error code, "
-        "and too many files gets 400 instead of 413"
-    ),
-    "huge_length_read": (
-        "app.dicomweb.read_header reads an element's declared length in full, so a part of a few bytes "
-        "whose first element declares up to 4 GiB allocates that much"
-    ),
-}
-
 
 # ---------------------------------------------------------------------------------------------
 # The gateway and the request guard
@@ -165,55 +141,7 @@ def _post(gateway: Gateway, sent: Sent, **request: Any) -> GuardedResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def _app_functions(error: BaseException, module: tuple[str, str]) -> list[str]:
-    """Return the functions of ``module`` (folder, file name) in the traceback of ``error``."""
-    return [
-        frame.name for frame in traceback.extract_tb(error.__traceback__) if Path(frame.filename).parts[-2:] == module
-    ]
-
-
-def _known_exception_defect(error: Exception) -> str | None:
-    """Return the KNOWN_UPLOAD_DEFECTS key that explains an exception out of the app, or None."""
-    if isinstance(error, FileNotFoundError) and "_move_all" in _app_functions(error, ("app", "ingest.py")):
-        return "zip_duplicate_member"
-    # Where the allocator refuses the declared length (strict overcommit, ulimit -v), the same
-    # defect surfaces as MemoryError instead of a high peak.
-    if isinstance(error, MemoryError) and "read_header" in _app_functions(error, ("app", "dicomweb.py")):
-        return "huge_length_read"
-    if "extract_zip" not in _app_functions(error, ("worker", "inputs.py")):
-        return None
-    if isinstance(error, IndexError) and "is_dir" in [f.name for f in traceback.extract_tb(error.__traceback__)]:
-        return "zip_member_empty_name"
-    path_errors = {errno.ENAMETOOLONG, errno.EEXIST, errno.ENOTDIR, errno.EISDIR}
-    if isinstance(error, OSError) and error.errno in path_errors:
-        return "zip_member_path_error"
-    if isinstance(error, RuntimeError | NotImplementedError | zlib.error | lzma.LZMAError | EOFError | OSError):
-        return "zip_member_unreadable"
-    return None
-
-
-def _known_memory_defect(payloads: Sequence[bytes]) -> str | None:
-    """Return "huge_length_read" if reading the header of one sent file alone passes the memory limit."""
-    with tempfile.TemporaryDirectory(prefix="sats-fuzz-") as folder:
-        path = Path(folder) / "payload.dcm"
-        for payload in payloads:
-            path.write_bytes(payload)
-            if guarded_call(read_header, path, limit_s=REQUEST_TIME_LIMIT_S).peak_bytes > REQUEST_MEMORY_LIMIT_BYTES:
-                return "huge_length_read"
-    return None
-
-
-def _accept_known(defect: str | None, failure: str) -> None:
-    """Fail with ``failure`` unless ``defect`` names a known defect (and strict mode is off)."""
-    if defect is None or defect not in KNOWN_UPLOAD_DEFECTS or STRICT:
-        raise AssertionError(failure)
-    event(f"known defect {defect}")
-
-
 def _check_error_body(status: int, body: Any, sent: Sent) -> None:
-    if sent.media_type == "multipart/form-data" and status == 400 and set(body) == {"detail"}:
-        _accept_known("form_error_body", f"form-data upload got 400 with body {body!r}")
-        return
     assert set(body) == {"error"}, f"HTTP {status} body {body!r} is not {{'error': {{code, message}}}}"
     assert set(body["error"]) == {"code", "message"}, f"error body {body!r}"
     code, message = body["error"]["code"], body["error"]["message"]
@@ -248,36 +176,27 @@ def _check_exchange(gateway: Gateway, sent: Sent, result: GuardedResult) -> None
     """Assert the route contract for one request (see the module docstring)."""
     settings = gateway.settings
     assert result.elapsed_s <= REQUEST_TIME_LIMIT_S, f"request took {result.elapsed_s:.1f} s"
-    if result.peak_bytes > REQUEST_MEMORY_LIMIT_BYTES:
-        failure = f"request allocated {result.peak_bytes / 1024**2:.0f} MiB at peak"
-        _accept_known(_known_memory_defect(sent.payloads), failure)
+    assert result.peak_bytes <= REQUEST_MEMORY_LIMIT_BYTES, f"request allocated {result.peak_bytes / 1024**2:.0f} MiB"
     leftovers = sorted(str(path.relative_to(settings.incoming_dir)) for path in settings.incoming_dir.rglob("*"))
     assert not leftovers, f"the incoming folder still contains {leftovers}"
 
+    assert result.error is None, f"the app raised {type(result.error).__name__}: {result.error}"
+    response = result.value
+    allowed = STOW_STATUSES if sent.route == "/dicomweb/studies" else UPLOAD_STATUSES
+    assert response.status_code in allowed, f"HTTP {response.status_code}: {response.text[:500]}"
+    body = response.json()
+    assert isinstance(body, dict), f"body {body!r} is not a JSON object"
     created = 0
-    if result.error is not None:
-        failure = f"the app raised {type(result.error).__name__}: {result.error}"
-        _accept_known(_known_exception_defect(result.error), failure)
+    if response.status_code >= 400 and response.status_code != 409:
+        _check_error_body(response.status_code, body, sent)
     else:
-        response = result.value
-        allowed = STOW_STATUSES if sent.route == "/dicomweb/studies" else UPLOAD_STATUSES
-        assert response.status_code in allowed, f"HTTP {response.status_code}: {response.text[:500]}"
-        body = response.json()
-        assert isinstance(body, dict), f"body {body!r} is not a JSON object"
-        if response.status_code >= 400 and response.status_code != 409:
-            _check_error_body(response.status_code, body, sent)
-        else:
-            created = _check_success_body(response.status_code, body, sent)
+        created = _check_success_body(response.status_code, body, sent)
 
     assert gateway.redis.llen("sats") == created, f"{gateway.redis.llen('sats')} tasks queued, {created} jobs new"
     total = gateway.client.get("/v1/jobs", headers=AUTH).json()["total"]
     assert total == created, f"{total} job records for {created} new jobs"
-    # An exception between moving the files and creating the job leaves an input folder
-    # without a job, which the retention sweep removes (see app/ingest.py). So only requests
-    # that got a response are checked here.
-    if result.error is None:
-        input_folders = list(settings.inputs_dir.iterdir())
-        assert len(input_folders) == created, f"{len(input_folders)} input folders for {created} new jobs"
+    input_folders = list(settings.inputs_dir.iterdir())
+    assert len(input_folders) == created, f"{len(input_folders)} input folders for {created} new jobs"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -668,12 +587,8 @@ def test_upload_zip_member_names_keep_contract(gateway, slices, members, compres
 
 
 # ---------------------------------------------------------------------------------------------
-# Open defects, one minimal reproducer each (see KNOWN_UPLOAD_DEFECTS)
+# Cases that fuzzing found, one minimal reproducer each
 # ---------------------------------------------------------------------------------------------
-
-
-def _xfail_known(defect: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"known defect {defect}: {KNOWN_UPLOAD_DEFECTS[defect]}")
 
 
 def _post_zip(gateway: Gateway, archive: bytes) -> GuardedResult:
@@ -721,7 +636,6 @@ def test_zip_duplicate_member_names_handled(gateway, slices):
     assert result.value.status_code in {201, 400}, result.value.text
 
 
-@_xfail_known("form_error_body")
 def test_form_without_boundary_gets_error_body(gateway):
     sent = Sent("/v1/studies", "multipart/form-data", [])
     result = _post(gateway, sent, content=b"garbage", headers={**AUTH, "Content-Type": "multipart/form-data"})
@@ -731,7 +645,6 @@ def test_form_without_boundary_gets_error_body(gateway):
     assert body["error"]["code"].startswith("upload.")
 
 
-@_xfail_known("form_error_body")
 def test_form_with_too_many_files_413(gateway, slices):
     files = [("files", (f"{k}.dcm", slices[0], "application/dicom")) for k in range(MAX_UPLOAD_FILES + 1)]
     result = _post(gateway, Sent("/v1/studies", "multipart/form-data", []), files=files, headers=AUTH)
@@ -739,7 +652,6 @@ def test_form_with_too_many_files_413(gateway, slices):
     assert result.value.json()["error"]["code"] == "upload.too_many_files"
 
 
-@_xfail_known("huge_length_read")
 def test_stow_part_with_huge_length_field_small_allocation(gateway):
     # SOPClassUID (0008,0016) in implicit VR declaring 0x44000000 bytes (1 GiB); the part is 24 bytes.
     part = b"\x08\x00\x16\x00" + struct.pack("<I", 0x44000000) + b"1.2.840.10008.5.1"
