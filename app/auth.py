@@ -1,34 +1,97 @@
-"""API-key authentication: ``Authorization: Bearer <key>`` on every route but health."""
+"""API-key authentication, per-client rate limits and the audit log.
+
+Every route but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <key>``. Each
+configured key belongs to a named client (see ``SATS_API_KEY_SHA256``). A request of a known
+client counts against its per-minute limit and is written to the audit log (logger
+``sats.audit``) with the client name, method, path and status; paths hold job ids and
+DICOM UIDs only, never patient data.
+"""
 
 from __future__ import annotations
 
 import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import ApiError
 from app.settings import Settings, key_digest
 
+audit_logger = logging.getLogger("sats.audit")
+
 _bearer = HTTPBearer(auto_error=False, description="An API key configured by the operator (SATS_API_KEY_SHA256).")
 
+#: Length of one rate-limit window in seconds.
+RATE_WINDOW_S = 60
 
-def key_matches(key: str, digests: list[str]) -> bool:
-    """Compare the key's SHA-256 with every configured digest in constant time."""
+
+class RateLimited(ApiError):  # noqa: N818 (the gateway answers it with 429)
+    """A client passed its request limit; the gateway returns 429 with Retry-After."""
+
+    code = "auth.rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def client_for_key(key: str, clients: list[tuple[str, str]]) -> str | None:
+    """Return the client name whose digest matches ``key``, comparing every digest in constant time."""
     candidate = key_digest(key)
-    found = False
-    for digest in digests:
-        found |= hmac.compare_digest(candidate, digest)
+    found = None
+    for name, digest in clients:
+        if hmac.compare_digest(candidate, digest):
+            found = name
     return found
+
+
+def _check_rate(request: Request, client: str, settings: Settings) -> None:
+    limit = settings.rate_limit_per_minute
+    if limit == 0:
+        return
+    now = time.time()
+    window = int(now // RATE_WINDOW_S)
+    key = f"sats:rate:{client}:{window}"
+    with request.app.state.store.redis.pipeline() as pipe:
+        pipe.incr(key)
+        pipe.expire(key, 2 * RATE_WINDOW_S)
+        count, _ = pipe.execute()
+    if int(count) > limit:
+        retry_after = max(1, int((window + 1) * RATE_WINDOW_S - now) + 1)
+        raise RateLimited(
+            f"client {client} sent more than {limit} requests this minute (SATS_RATE_LIMIT_PER_MINUTE); "
+            f"retry after {retry_after} s",
+            retry_after_s=retry_after,
+        )
 
 
 def require_api_key(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    """Reject the request unless it carries a configured API key."""
+    """Reject the request unless it carries a configured API key within its client's rate limit."""
     settings: Settings = request.app.state.settings
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise ApiError("missing API key; send 'Authorization: Bearer <key>'", code="auth.missing_key")
-    if not key_matches(credentials.credentials, settings.api_key_sha256):
+    client = client_for_key(credentials.credentials, settings.api_clients)
+    if client is None:
         raise ApiError("invalid API key", code="auth.invalid_key")
+    request.state.client = client
+    _check_rate(request, client, settings)
+
+
+def install_audit_log(app: FastAPI) -> None:
+    """Log one ``sats.audit`` line per request of an authenticated client."""
+
+    @app.middleware("http")
+    async def _audit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        client = getattr(request.state, "client", None)
+        if client is not None:
+            audit_logger.info(
+                "client=%s method=%s path=%s status=%d", client, request.method, request.url.path, response.status_code
+            )
+        return response

@@ -46,6 +46,7 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
+from app.dicom_tls import server_context
 from app.ingest import ingest_files
 from app.settings import Settings, get_settings
 from app.store import FINAL_STATES, JobStore
@@ -205,13 +206,18 @@ class DicomNode:
             folder.mkdir(parents=True, exist_ok=True)
         handlers: list[Any] = [(evt.EVT_C_STORE, self.handle_store)]
         address = (self.settings.dicom_bind_address, self.settings.dicom_port)
-        self.server = self.ae.start_server(address, block=False, evt_handlers=handlers)
+        tls, transport = None, "plain TCP"
+        if self.settings.dicom_tls_cert is not None and self.settings.dicom_tls_key is not None:
+            tls = server_context(self.settings.dicom_tls_cert, self.settings.dicom_tls_key, self.settings.dicom_tls_ca)
+            transport = "TLS, client certificates required" if self.settings.dicom_tls_ca else "TLS"
+        self.server = self.ae.start_server(address, block=False, evt_handlers=handlers, ssl_context=tls)
         self.sealer = threading.Thread(target=self._seal_loop, name="series-sealer", daemon=True)
         self.sealer.start()
         logger.info(
-            "DICOM listener %s on %s:%d; calling AE titles allowed: %s; transfer syntaxes: %s",
+            "DICOM listener %s on %s:%d (%s); calling AE titles allowed: %s; transfer syntaxes: %s",
             self.settings.dicom_ae_title,
             *address,
+            transport,
             ", ".join(self.settings.dicom_allowed_aets),
             ", ".join(syntax.name for syntax in self.syntaxes),
         )

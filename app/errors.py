@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 #: HTTP status per error code prefix or exact code; the longest match wins.
 STATUS_BY_CODE = {
     "auth.": 401,
+    "auth.rate_limited": 429,
     "job.not_found": 404,
     "result.not_found": 404,
     "result.not_ready": 409,
@@ -58,4 +59,7 @@ def install_handlers(app: FastAPI) -> None:
         else:
             logger.info("%s %s rejected: %s [%s]", request.method, request.url.path, error, error.code)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        retry_after = getattr(error, "retry_after_s", None)
+        if retry_after is not None:
+            headers = {"Retry-After": str(retry_after)}
         return JSONResponse(error_body(error.code, str(error)), status_code=status, headers=headers)

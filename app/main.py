@@ -11,6 +11,7 @@ import redis
 from fastapi import FastAPI
 
 from app import __version__
+from app.auth import install_audit_log
 from app.errors import install_handlers
 from app.reaper import sweep
 from app.routes import dicomweb, health, jobs, status
@@ -49,7 +50,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         folder.mkdir(parents=True, exist_ok=True)
     task = asyncio.create_task(_reaper_loop(app))
     logger.info(
-        "gateway started; data in %s, %d API key(s) configured", settings.data_dir, len(settings.api_key_sha256)
+        "gateway started; data in %s, API keys of client(s) %s",
+        settings.data_dir,
+        ", ".join(name for name, _ in settings.api_clients),
     )
     try:
         yield
@@ -83,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = JobStore.from_url(settings.redis_url)
     install_handlers(app)
+    install_audit_log(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(dicomweb.router)

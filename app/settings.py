@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_CLIENT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 #: An AE title: 1 to 16 characters of the DICOM default repertoire, no backslash, not
 #: only spaces (PS3.5 table 6.2-1, value representation AE).
@@ -30,6 +31,15 @@ def check_ae_title(value: str) -> str:
     return title
 
 
+def _check_tls_files(owner: str, cert: Path | None, key: Path | None, ca: Path | None) -> None:
+    """Require a certificate and its key together, and every named file to exist."""
+    if (cert is None) != (key is None):
+        raise ValueError(f"{owner}: a TLS certificate and its private key must be given together")
+    for path in (cert, key, ca):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{owner}: TLS file {path} does not exist")
+
+
 class Destination(BaseModel):
     """A place where results are delivered: a DICOM C-STORE SCP or a DICOMweb STOW-RS service."""
 
@@ -41,6 +51,18 @@ class Destination(BaseModel):
     url: str | None = Field(None, description="DICOMweb base URL, without /studies (kind dicomweb).")
     authorization: str | None = Field(
         None, description="Authorization header value for DICOMweb, for example 'Bearer <token>'."
+    )
+    tls: bool = Field(False, description="Connect with TLS (kind dicom); the destination's certificate is checked.")
+    tls_ca: Path | None = Field(
+        None, description="PEM CA certificates that sign the destination's certificate (default: the system's CAs)."
+    )
+    tls_cert: Path | None = Field(None, description="PEM client certificate, for a destination that requires one.")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
+    timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds to wait for the destination: association, each C-STORE response, each HTTP exchange.",
     )
     always: bool = Field(
         True,
@@ -54,6 +76,7 @@ class Destination(BaseModel):
             if not (self.ae_title and self.host and self.port):
                 raise ValueError(f"destination {self.name!r} of kind dicom needs ae_title, host and port")
             self.ae_title = check_ae_title(self.ae_title)
+            _check_tls_files(f"destination {self.name!r}", self.tls_cert, self.tls_key, self.tls_ca)
         elif not self.url:
             raise ValueError(f"destination {self.name!r} of kind dicomweb needs url")
         return self
@@ -75,8 +98,16 @@ class Settings(BaseSettings):
     )
     api_key_sha256: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated SHA-256 hex digests of the accepted API keys. No key is built in; "
-        "`sats api-key` prints a new key and its digest. The gateway does not start without one.",
+        description="Comma-separated SHA-256 hex digests of the accepted API keys, each optionally named "
+        "`client:digest` (the name appears in the audit log and keys the rate limit; default name "
+        "`key-` and the digest's first 8 digits). No key is built in; `sats api-key` prints a new key and "
+        "its digest. The gateway does not start without one.",
+    )
+    rate_limit_per_minute: int = Field(
+        600,
+        ge=0,
+        description="Most requests one API key may make per minute (a fixed one-minute window in Redis); "
+        "more get 429 with Retry-After. 0 turns the limit off. /healthz and /readyz need no key and are not counted.",
     )
     max_upload_bytes: int = Field(
         4 * 1024**3, gt=0, description="Largest accepted request body in bytes (default 4 GiB); larger gets 413."
@@ -127,6 +158,17 @@ class Settings(BaseSettings):
         description="Comma-separated calling AE titles allowed to send; associations from others are "
         "rejected. The listener does not start without one.",
     )
+    dicom_tls_cert: Path | None = Field(
+        None,
+        description="PEM certificate (chain) of the DICOM listener. With SATS_DICOM_TLS_KEY the listener "
+        "accepts TLS connections only (TLS 1.2 or newer).",
+    )
+    dicom_tls_key: Path | None = Field(None, description="PEM private key of SATS_DICOM_TLS_CERT.")
+    dicom_tls_ca: Path | None = Field(
+        None,
+        description="PEM CA certificates; when set, a sender must present a client certificate signed by one "
+        "of them (mutual TLS). Needs SATS_DICOM_TLS_CERT.",
+    )
     dicom_quiet_period_s: float = Field(
         15.0,
         gt=0,
@@ -157,19 +199,47 @@ class Settings(BaseSettings):
     @classmethod
     def _split_digests(cls, value: object) -> object:
         if isinstance(value, str):
-            return [item.strip().lower() for item in value.split(",") if item.strip()]
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
     @field_validator("api_key_sha256")
     @classmethod
     def _check_digests(cls, value: list[str]) -> list[str]:
-        for digest in value:
+        entries = []
+        for entry in value:
+            name, _, digest = entry.rpartition(":")
+            digest = digest.lower()
             if not _SHA256_HEX.match(digest):
                 raise ValueError(
                     f"SATS_API_KEY_SHA256 entry {digest[:12]!r}... is not a 64-digit SHA-256 hex digest; "
                     "store digests, not keys (see `sats api-key`)"
                 )
-        return value
+            if name and not _CLIENT_NAME.match(name):
+                raise ValueError(
+                    f"SATS_API_KEY_SHA256 client name {name!r} must be 1 to 64 letters, digits, '.', '_' or '-'"
+                )
+            entries.append(f"{name}:{digest}" if name else digest)
+        names = [entry.partition(":")[0] for entry in entries if ":" in entry]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"SATS_API_KEY_SHA256 names client(s) {repeated} more than once; give each key its own")
+        return entries
+
+    @property
+    def api_clients(self) -> list[tuple[str, str]]:
+        """The configured keys as (client name, SHA-256 digest) pairs."""
+        pairs = []
+        for entry in self.api_key_sha256:
+            name, _, digest = entry.rpartition(":")
+            pairs.append((name or f"key-{digest[:8]}", digest))
+        return pairs
+
+    @model_validator(mode="after")
+    def _check_dicom_tls(self) -> Settings:
+        _check_tls_files("SATS_DICOM_TLS_CERT/KEY/CA", self.dicom_tls_cert, self.dicom_tls_key, self.dicom_tls_ca)
+        if self.dicom_tls_ca is not None and self.dicom_tls_cert is None:
+            raise ValueError("SATS_DICOM_TLS_CA needs SATS_DICOM_TLS_CERT and SATS_DICOM_TLS_KEY")
+        return self
 
     @field_validator("dicom_allowed_aets", mode="before")
     @classmethod

@@ -8,12 +8,13 @@
 #                           on free ports and never use the orthanc system service
 #   libOrthancDicomWeb.so (orthanc-dicomweb)  Orthanc's DICOMweb plugin, a file, not a command
 #   cc (gcc)                builds the small library that keeps test servers on 127.0.0.1
+#   openssl                 makes the test CA and certificates of the DICOM TLS tests
 set -euo pipefail
 
 declare -A PACKAGE_OF=(
     [dciodvfy]=dicom3tools [dcmconv]=dcmtk [dcmcjpeg]=dcmtk [plastimatch]=plastimatch
     [chromium]=chromium [chromedriver]=chromium-driver
-    [Orthanc]=orthanc [cc]=gcc
+    [Orthanc]=orthanc [cc]=gcc [openssl]=openssl
 )
 declare -A PACKAGE_OF_FILE=(
     [/usr/share/orthanc/plugins/libOrthancDicomWeb.so]=orthanc-dicomweb

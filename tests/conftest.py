@@ -16,7 +16,10 @@ SERVICE_REDIS_URL = "redis://127.0.0.1:6379/15"
 TEST_API_KEY = "test-key-0123456789abcdef"
 
 os.environ["SATS_REDIS_URL"] = SERVICE_REDIS_URL
-os.environ["SATS_API_KEY_SHA256"] = hashlib.sha256(TEST_API_KEY.encode()).hexdigest()
+os.environ["SATS_API_KEY_SHA256"] = "tests:" + hashlib.sha256(TEST_API_KEY.encode()).hexdigest()
+# The service tests poll job states ten times a second, more than a client's default limit;
+# tests/app/test_gateway.py checks the limit with a small one.
+os.environ["SATS_RATE_LIMIT_PER_MINUTE"] = "0"
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -36,3 +39,16 @@ def pycerr_ct() -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
     return sitk.Cast(reader.Execute(), sitk.sitkFloat32)
+
+
+@pytest.fixture
+def store():
+    """The job store on the test Redis database, emptied around each test."""
+    import redis
+
+    from app.store import JobStore
+
+    client = redis.Redis.from_url(SERVICE_REDIS_URL, decode_responses=True)
+    client.flushdb()
+    yield JobStore(client)
+    client.flushdb()

@@ -10,7 +10,9 @@ objects again rather than new copies. Outcomes are per destination and SOP class
     The destination does not accept the SOP class (no accepted presentation context, or
     STOW-RS failure reason 0x0122). Other instances are still sent.
 ``failed``
-    The destination refused the instance with another status; not retried.
+    The destination refused the instance with another status, or rejected the association
+    permanently (for example because it does not know our AE title); not retried, because
+    only a change of configuration can help. ``POST /v1/jobs/{id}/deliver`` sends again.
 
 Faults where a retry may succeed (connection refused or reset, association rejected
 as transient or aborted, time-out, HTTP 5xx, 429) raise :class:`TransientDeliveryError`.
@@ -28,15 +30,14 @@ import httpx
 import pydicom
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
 
+from app.dicom_tls import client_context
 from app.dicomweb import multipart_related_body
 from app.settings import Destination
 from model.errors import SATsError
 
 logger = logging.getLogger(__name__)
-
-#: Seconds to wait for a destination to respond (association, DIMSE and HTTP).
-TIMEOUT_S = 60.0
 
 #: C-STORE statuses that mean "stored" (PS3.4 annex B.2.3: success and warnings).
 STORED_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
@@ -79,16 +80,26 @@ def deliver_dicom(destination: Destination, paths: Sequence[Path], calling_aet: 
     """
     datasets = _headers(paths)
     ae = AE(ae_title=calling_aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = destination.timeout_s
     for sop_class in sorted({str(d.SOPClassUID) for d in datasets}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     if destination.host is None or destination.port is None or destination.ae_title is None:
         raise ValueError(f"destination {destination.name!r} of kind dicom needs ae_title, host and port")
-    association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    tls_args = None
+    if destination.tls:
+        context = client_context(destination.tls_ca, destination.tls_cert, destination.tls_key)
+        tls_args = (context, destination.host)
+    association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     if not association.is_established and association.rejected_contexts and not association.accepted_contexts:
         # The peer responded but accepted no presentation context, so pynetdicom aborted.
         # The destination does not accept these SOP classes, and retrying cannot help.
         return [_rejected(destination, UID(str(d.SOPClassUID)), str(d.SOPInstanceUID)) for d in datasets]
+    if association.is_rejected and _rejected_permanently(association):
+        message = f"{destination.name} rejected the association permanently ({_rejection_reason(association)})"
+        return [
+            DeliveryOutcome(destination.name, UID(str(d.SOPClassUID)).name, str(d.SOPInstanceUID), "failed", message)
+            for d in datasets
+        ]
     if not association.is_established:
         raise TransientDeliveryError(
             f"association with {destination.name} ({destination.ae_title}@{destination.host}:{destination.port}) "
@@ -118,6 +129,19 @@ def deliver_dicom(destination: Destination, paths: Sequence[Path], calling_aet: 
     return outcomes
 
 
+def _rejected_permanently(association: Association) -> bool:
+    primitive = association.acceptor.primitive
+    return primitive is not None and primitive.result == 0x01  # PS3.8 A-ASSOCIATE-RJ result 1
+
+
+def _rejection_reason(association: Association) -> str:
+    """Describe an A-ASSOCIATE-RJ by its source and reason (PS3.8 table 9-21)."""
+    primitive = association.acceptor.primitive
+    if primitive is None:
+        return "no reason given"
+    return f"source {primitive.source_str}, reason: {primitive.reason_str}"
+
+
 def _rejected(destination: Destination, sop_class: UID, sop_instance_uid: str) -> DeliveryOutcome:
     message = f"destination rejected SOP class {sop_class.name} ({sop_class})"
     return DeliveryOutcome(destination.name, sop_class.name, sop_instance_uid, "rejected_sop_class", message)
@@ -138,7 +162,7 @@ def deliver_dicomweb(destination: Destination, paths: Sequence[Path]) -> list[De
         headers["Authorization"] = destination.authorization
     url = f"{(destination.url or '').rstrip('/')}/studies"
     try:
-        response = httpx.post(url, content=b"".join(body), headers=headers, timeout=TIMEOUT_S)
+        response = httpx.post(url, content=b"".join(body), headers=headers, timeout=destination.timeout_s)
     except httpx.HTTPError as error:
         raise TransientDeliveryError(f"STOW-RS to {destination.name} failed: {error}") from error
     if response.status_code == 429 or response.status_code >= 500:

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from app.dicomweb import multipart_related_body
 from app.main import create_app
-from app.settings import Settings
+from app.settings import Settings, key_digest
 from tests.conftest import SERVICE_REDIS_URL, TEST_API_KEY
 from worker.synthetic_dicom import Ball, SeriesGeometry, render_phantom, write_ct_series
 
@@ -82,6 +82,50 @@ def test_routes_need_valid_key(client, headers, path):
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.json()["error"]["code"].startswith("auth.")
+
+
+def test_rate_limit_per_client_429_with_retry_after(tmp_path, redis_db):
+    other_key = "second-client-key-0123456789"
+    keys = [f"tps:{key_digest(TEST_API_KEY)}", f"physics:{key_digest(other_key)}"]
+    settings = Settings(data_dir=tmp_path / "data", api_key_sha256=keys, rate_limit_per_minute=3)
+    with TestClient(create_app(settings)) as client:
+        statuses = [client.get("/v1/jobs", headers=AUTH).status_code for _ in range(4)]
+        limited = client.get("/v1/jobs", headers=AUTH)
+        other = client.get("/v1/jobs", headers={"Authorization": f"Bearer {other_key}"})
+        health = client.get("/healthz")
+    assert statuses == [200, 200, 200, 429]
+    assert limited.status_code == 429
+    assert 1 <= int(limited.headers["retry-after"]) <= 61
+    assert limited.json()["error"]["code"] == "auth.rate_limited"
+    assert "client tps" in limited.json()["error"]["message"]
+    assert other.status_code == 200  # each client has its own window
+    assert health.status_code == 200
+
+
+def test_audit_log_names_client_and_route(tmp_path, redis_db, series, caplog):
+    settings = Settings(data_dir=tmp_path / "data", api_key_sha256=[f"eclipse-tps:{key_digest(TEST_API_KEY)}"])
+    with caplog.at_level("INFO", logger="sats.audit"), TestClient(create_app(settings)) as client:
+        job_id = _stow(client, series).json()["jobs"][0]["id"]
+        client.get(f"/v1/jobs/{job_id}", headers=AUTH)
+        client.get("/v1/jobs", headers={"Authorization": "Bearer wrong"})
+    audit = [record.getMessage() for record in caplog.records if record.name == "sats.audit"]
+    assert audit == [
+        "client=eclipse-tps method=POST path=/dicomweb/studies status=200",
+        f"client=eclipse-tps method=GET path=/v1/jobs/{job_id} status=200",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("tps:" + "0" * 63, "64-digit SHA-256"),
+        ("bad name:" + "0" * 64, "client name"),
+        (f"a:{'0' * 64},a:{'1' * 64}", "more than once"),
+    ],
+)
+def test_bad_key_entries_rejected(entry, message):
+    with pytest.raises(ValueError, match=message):
+        Settings(api_key_sha256=entry)
 
 
 def test_gateway_refuses_start_without_key(tmp_path):

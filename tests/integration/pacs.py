@@ -568,10 +568,19 @@ class StoreSCP:
     #: storescp options that choose the accepted SOP classes and transfer syntaxes, set by subclasses.
     negotiation_options: tuple[str, ...] = ()
 
-    def __init__(self, work_dir: Path, ae_title: str = "STORESCP", lifetime_s: float = DEFAULT_LIFETIME_S) -> None:
+    def __init__(
+        self,
+        work_dir: Path,
+        ae_title: str = "STORESCP",
+        lifetime_s: float = DEFAULT_LIFETIME_S,
+        port: int | None = None,
+        behaviour: Sequence[str] = (),
+    ) -> None:
+        """``behaviour``: more storescp options, such as ``--refuse`` or ``--sleep-during 5``."""
         self.work_dir = work_dir
         self.ae_title = ae_title
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
+        self.behaviour = tuple(behaviour)
         self.received_dir = work_dir / "received"
         self.lifetime_s = lifetime_s
         self.process: ServiceProcess | None = None
@@ -585,7 +594,7 @@ class StoreSCP:
         tool = require_tool("storescp", "dcmtk")
         self.received_dir.mkdir(parents=True, exist_ok=True)
         # -v +v logs each association with its presentation contexts; -dhl skips reverse DNS.
-        command = [tool, "-v", "+v", "-dhl", "-aet", self.ae_title, *self.negotiation_options]
+        command = [tool, "-v", "+v", "-dhl", "-aet", self.ae_title, *self.negotiation_options, *self.behaviour]
         command += ["-od", str(self.received_dir), str(self.port)]
         self.process = _start_server(self.name, command, self.work_dir, self.lifetime_s)
         _wait_until(self.process, lambda: bool(listening_addresses(self.port)), timeout_s, f"storescp on {self.port}")
