@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -98,6 +100,26 @@ def _stop_heartbeat(**_: Any) -> None:
     _heartbeat_stop.set()
 
 
+#: Longest hold at a fault-test point (seconds), so a forgotten hold file cannot stall a worker.
+FAULT_HOLD_LIMIT_S = 300.0
+
+
+def _hold_for_fault_test(stage: str) -> None:
+    """Hold the job at the start of ``stage`` while a test asks for it; no effect otherwise.
+
+    The fault tests set ``SATS_FAULT_HOLD_DIR`` (never set it in a deployment). The job
+    then waits here while the file ``<dir>/<stage>`` exists, at most
+    :data:`FAULT_HOLD_LIMIT_S`, so that a test can kill the worker in a chosen stage.
+    """
+    folder = os.environ.get("SATS_FAULT_HOLD_DIR")
+    if not folder:
+        return
+    hold = Path(folder) / stage
+    deadline = time.monotonic() + FAULT_HOLD_LIMIT_S
+    while hold.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _outputs_with_report(report: dict[str, Any]) -> dict[str, Any]:
     outputs = dict(report.get("outputs", {}))
     outputs["report"] = "report.json"
@@ -150,6 +172,7 @@ def segment_job(self: Task, job_id: str) -> str:
 
     def on_stage(stage: str) -> None:
         store.update_stage(job_id, stage, STAGE_PROGRESS[stage])
+        _hold_for_fault_test(stage)
 
     try:
         report = segment_series(settings.inputs_dir / job_id, attempt_dir, get_predictor(), SegmentOptions(), on_stage)

@@ -1,16 +1,25 @@
-"""Faults injected into real processes: Redis restarted mid-queue, a destination that is down.
+"""Faults injected into real processes.
 
-Each job completes exactly once or fails with a reason, and no accepted study is lost.
+- Redis restarted mid-queue.
+- The results disk full while a job writes (a small tmpfs; needs root to mount).
+- A destination that is down, slow, or refuses the association.
+
+Each job completes exactly once or fails with a reason, no accepted study is lost, and no
+object reaches a destination twice under different UIDs. test_kill_stages.py kills the
+worker in each stage of a job.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
 import redis
 
@@ -124,4 +133,141 @@ def test_destination_down_then_up_delivers(tmp_path):
     finally:
         service.stop()
         scp.stop()
+        client.flushdb()
+
+
+# ---------------------------------------------------------------------------------------------
+# Disk full
+# ---------------------------------------------------------------------------------------------
+
+
+def test_results_disk_full_then_freed_completes(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs as the results disk needs root (CI runs as root)")
+    client = redis.Redis.from_url(SERVICE_REDIS_URL)
+    client.flushdb()
+    results = tmp_path / "data" / "results"
+    results.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(results)], check=True)
+    service = Service(tmp_path / "data", tmp_path)
+    try:
+        filler = results / "filler"
+        with filler.open("wb", buffering=0) as sink:  # fill the disk...
+            try:
+                while True:
+                    sink.write(b"\0" * 4096)
+            except OSError:
+                pass
+        os.truncate(filler, filler.stat().st_size - 4096)  # ...but one page, less than a job writes
+        service.start_gateway()
+        service.start_worker("w1")
+        job_id = _stow(service, _series(tmp_path / "s", 30))
+
+        worker = service.workers[0]
+        service.wait_for(lambda: "No space left on device" in worker.log(), 120, "the write to fail")
+        job = service.job(job_id)
+        assert job["state"] in {"queued", "running"}, job  # waiting for its retry, not failed
+        filler.unlink()  # space comes back before the retry (10 s)
+
+        job = service.wait_for_state(job_id, {"completed", "failed"}, timeout_s=120)
+        assert job["state"] == "completed", job
+        assert job["attempts"] == 2
+        assert sorted(p.name for p in (results / job_id).iterdir()) == ["attempt-2"]
+        rtstruct = service.http.get(job["links"]["rtstruct"])
+        assert rtstruct.status_code == 200
+        assert pydicom.dcmread(io.BytesIO(rtstruct.content)).Modality == "RTSTRUCT"
+    finally:
+        service.stop()
+        subprocess.run(["umount", str(results)], check=False)
+        client.flushdb()
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow and refusing destinations
+# ---------------------------------------------------------------------------------------------
+
+
+def _delivery_statuses(service: Service, job_id: str) -> set[str]:
+    return {d["status"] for d in service.job(job_id)["delivery"]}
+
+
+def _job_sop_uids(service: Service, job: dict) -> set[str]:
+    uids = set()
+    for kind in ("rtstruct", "seg"):
+        response = service.http.get(job["links"][kind])
+        uids.add(str(pydicom.dcmread(io.BytesIO(response.content)).SOPInstanceUID))
+    return uids
+
+
+def _service_with_destination(tmp_path: Path, port: int, timeout_s: float) -> Service:
+    destination = {
+        "name": "pacs",
+        "kind": "dicom",
+        "ae_title": "FAULTPACS",
+        "host": "127.0.0.1",
+        "port": port,
+        "timeout_s": timeout_s,
+    }
+    service = Service(tmp_path / "data", tmp_path)
+    service.env["SATS_DESTINATIONS"] = json.dumps([destination])
+    return service
+
+
+def test_slow_destination_times_out_then_delivers_once(tmp_path):
+    client = redis.Redis.from_url(SERVICE_REDIS_URL)
+    client.flushdb()
+    slow = PlainStoreSCP(tmp_path / "scp", ae_title="FAULTPACS", behaviour=["--sleep-during", "6"]).start()
+    service = _service_with_destination(tmp_path, slow.port, timeout_s=2)
+    fast = PlainStoreSCP(tmp_path / "scp", ae_title="FAULTPACS", port=slow.port)
+    try:
+        service.start_gateway()
+        service.start_worker("w1")
+        job_id = _stow(service, _series(tmp_path / "s", 40))
+        job = service.wait_for_state(job_id, {"completed"}, timeout_s=120)
+        service.wait_for(lambda: _delivery_statuses(service, job_id) == {"retrying"}, 60, "a timed-out delivery")
+        assert "no C-STORE response" in service.job(job_id)["delivery"][0]["message"]
+        slow.stop()
+        fast.start()  # the destination answers in time before the retry (10 s)
+        service.wait_for(lambda: _delivery_statuses(service, job_id) == {"delivered"}, 60, "the retry")
+
+        received = fast.received_datasets()
+        assert sorted(d.Modality for d in received) == ["RTSTRUCT", "SEG"]
+        assert {str(d.SOPInstanceUID) for d in received} == _job_sop_uids(service, job)
+    finally:
+        service.stop()
+        slow.stop()
+        fast.stop()
+        client.flushdb()
+
+
+def test_refusing_destination_fails_with_reason_then_redelivers(tmp_path):
+    client = redis.Redis.from_url(SERVICE_REDIS_URL)
+    client.flushdb()
+    refusing = PlainStoreSCP(tmp_path / "scp", ae_title="FAULTPACS", behaviour=["--refuse"]).start()
+    service = _service_with_destination(tmp_path, refusing.port, timeout_s=10)
+    accepting = PlainStoreSCP(tmp_path / "scp", ae_title="FAULTPACS", port=refusing.port)
+    try:
+        service.start_gateway()
+        service.start_worker("w1")
+        job_id = _stow(service, _series(tmp_path / "s", 50))
+        job = service.wait_for_state(job_id, {"completed"}, timeout_s=120)
+        service.wait_for(lambda: _delivery_statuses(service, job_id) == {"failed"}, 60, "the refused delivery")
+        deliveries = service.job(job_id)["delivery"]
+        assert len(deliveries) == 2  # one outcome per instance, no retry
+        assert all("rejected the association permanently" in d["message"] for d in deliveries), deliveries
+        assert refusing.received_files() == []
+
+        refusing.stop()
+        accepting.start()  # the PACS administrator fixed its configuration
+        response = service.http.post(f"/v1/jobs/{job_id}/deliver")
+        assert response.status_code == 202, response.text
+        service.wait_for(lambda: _delivery_statuses(service, job_id) == {"delivered"}, 60, "the re-delivery")
+        received = accepting.received_datasets()
+        assert sorted(d.Modality for d in received) == ["RTSTRUCT", "SEG"]
+        assert {str(d.SOPInstanceUID) for d in received} == _job_sop_uids(service, job)
+        assert service.job(job_id)["state"] == "completed"
+    finally:
+        service.stop()
+        refusing.stop()
+        accepting.stop()
         client.flushdb()

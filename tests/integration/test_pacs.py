@@ -226,3 +226,18 @@ def test_destination_taking_neither_class_rejects_both(pacs, tmp_path):
     [outcome] = deliver_dicom(destination, [seg], "SATS")
     assert outcome.status == "rejected_sop_class"
     assert outcome.sop_class == "Segmentation Storage"
+
+
+def test_logs_hold_no_patient_data(pacs, tmp_path):
+    # Runs last: by now the listener, gateway and worker have handled every series of this module.
+    names_and_ids = set()
+    for path in [_pycerr()[0], write_demo_series(tmp_path / "demo")[0]]:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        names_and_ids |= {str(header.PatientName), str(header.PatientID)}
+    processes = [pacs.listener, pacs.service.gateway, *pacs.service.workers]
+    logs = {process.name: process.log() for process in processes if process is not None}
+    assert "DICOM listener SATS" in logs["listener"]
+    assert "queued for series" in logs["listener"]  # the log has content to scan
+    for name, text in logs.items():
+        for value in names_and_ids:
+            assert value not in text, f"the {name} log contains patient data"
