@@ -30,8 +30,6 @@ class Prediction:
     ----------
     mask
         ``(D, H, W)`` uint8 tumour mask (1 = tumour) on the CT grid.
-    probabilities
-        ``(D, H, W)`` float32 tumour probabilities on the CT grid.
     symmetric
         The symmetrization used (plane, transform, symmetric-frame CT).
     symmetric_probabilities
@@ -43,10 +41,30 @@ class Prediction:
     """
 
     mask: np.ndarray
-    probabilities: np.ndarray
     symmetric: SymmetricVolume
     symmetric_probabilities: np.ndarray
     timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def tumour_mask_on_ct(
+    probabilities_sym: np.ndarray, symmetric: SymmetricVolume, ct: sitk.Image, threshold: float
+) -> np.ndarray:
+    """Return the ``(D, H, W)`` uint8 mask of ``probabilities_sym >= threshold`` resampled onto the CT grid.
+
+    The probabilities are interpolated linearly onto the CT grid and then thresholded.
+    Only the CT voxels that map into the bounding box of the symmetric-frame voxels at or
+    above ``threshold`` are resampled: a linearly interpolated value is a weighted mean of
+    its neighbours, so a CT voxel whose neighbours all lie below the threshold stays below
+    it. The mask is the same as resampling every voxel, in a fraction of the time.
+    """
+    above = probabilities_sym >= threshold
+    if not above.any():
+        return np.zeros(tuple(reversed(ct.GetSize())), dtype=np.uint8)
+    depth, height, width = (np.flatnonzero(above.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1)))
+    box = tuple(slice(int(index[0]), int(index[-1]) + 1) for index in (depth, height, width))
+    # Outside this box every value is below the threshold, so resampling it as 0 leaves the mask unchanged.
+    probabilities = to_input_grid(probabilities_sym, symmetric, ct, nonzero_box=box)  # type: ignore[arg-type]
+    return (probabilities >= threshold).astype(np.uint8)
 
 
 class Predictor:
@@ -145,13 +163,11 @@ class Predictor:
 
         notify("postprocess")
         started = time.monotonic()
-        probabilities = to_input_grid(probabilities_sym, symmetric, ct, nonzero_box=box.slices)
-        mask = (probabilities >= metadata.threshold).astype(np.uint8)
+        mask = tumour_mask_on_ct(probabilities_sym, symmetric, ct, metadata.threshold)
         timings["postprocess"] = time.monotonic() - started
         logger.debug("prediction timings %s", timings)
         return Prediction(
             mask=mask,
-            probabilities=probabilities,
             symmetric=symmetric,
             symmetric_probabilities=probabilities_sym,
             timings_s=timings,

@@ -64,9 +64,15 @@ def trace_slice(mask2d: np.ndarray) -> list[np.ndarray]:
     if mask.ndim != 2:
         raise ValueError(f"expected a 2-D (H, W) mask, got shape {mask.shape}")
 
-    starts, directions = _boundary_edges(mask != 0)
-    if len(starts) == 0:
+    foreground = mask != 0
+    rows = np.flatnonzero(foreground.any(axis=1))
+    if len(rows) == 0:
         return []
+    columns = np.flatnonzero(foreground.any(axis=0))
+    # Trace inside the bounding box of the foreground, then shift the corners back.
+    top, left = int(rows[0]), int(columns[0])
+    starts, directions = _boundary_edges(foreground[top : int(rows[-1]) + 1, left : int(columns[-1]) + 1])
+    starts += np.array([top, left], dtype=np.int64)
 
     next_edge = _link_edges(starts, directions)
     return _collect_polygons(starts, directions, next_edge)

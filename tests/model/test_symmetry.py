@@ -135,3 +135,22 @@ def test_real_ct_atlas_and_self_planes_agree(pycerr_ct):
     assert by_atlas.plane.angle_to(by_self.plane) < 4.0
     centre = np.mean(corner_points(pycerr_ct), axis=0)
     assert by_atlas.plane.distance_at(centre, by_self.plane) < 3.0
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.9])
+def test_tumour_mask_from_threshold_box_equals_full_resampling(threshold):
+    from model.predict import tumour_mask_on_ct
+
+    phantom = make_phantom(yaw_degrees=8.0, shift_x_mm=5.0, lesion_side="left")
+    ct = sitk.Cast(phantom.ct, sitk.sitkFloat32)
+    result = symmetrize(ct, (3.0, 2.0, 2.0), mode="self")
+    shape = tuple(reversed(result.image.GetSize()))
+    # Smooth probabilities: high in one blob, low but not zero everywhere else.
+    d, h, w = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    distance = np.sqrt(((d - shape[0] / 2) / 3) ** 2 + ((h - shape[1] / 3) / 5) ** 2 + ((w - shape[2] / 4) / 4) ** 2)
+    probabilities = (1.0 / (1.0 + np.exp(2.0 * (distance - 2.0)))).astype(np.float32)
+    full = (to_input_grid(probabilities, result, ct) >= threshold).astype(np.uint8)
+    boxed = tumour_mask_on_ct(probabilities, result, ct, threshold)
+    assert full.sum() > 100
+    np.testing.assert_array_equal(boxed, full)
+    assert tumour_mask_on_ct(np.zeros(shape, np.float32), result, ct, threshold).sum() == 0
