@@ -48,7 +48,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 
 from app.dicom_tls import server_context
 from app.ingest import ingest_files
-from app.settings import Settings, get_settings
+from app.settings import Settings, get_settings, require_tls_files
 from app.store import FINAL_STATES, JobStore
 
 logger = logging.getLogger(__name__)
@@ -208,6 +208,12 @@ class DicomNode:
         address = (self.settings.dicom_bind_address, self.settings.dicom_port)
         tls, transport = None, "plain TCP"
         if self.settings.dicom_tls_cert is not None and self.settings.dicom_tls_key is not None:
+            require_tls_files(
+                "SATS_DICOM_TLS_CERT, SATS_DICOM_TLS_KEY, SATS_DICOM_TLS_CA",
+                self.settings.dicom_tls_cert,
+                self.settings.dicom_tls_key,
+                self.settings.dicom_tls_ca,
+            )
             tls = server_context(self.settings.dicom_tls_cert, self.settings.dicom_tls_key, self.settings.dicom_tls_ca)
             transport = "TLS, client certificates required" if self.settings.dicom_tls_ca else "TLS"
         self.server = self.ae.start_server(address, block=False, evt_handlers=handlers, ssl_context=tls)

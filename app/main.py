@@ -63,6 +63,17 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("gateway stopped")
 
 
+def _configure_logging() -> None:
+    """Send the gateway's own records (INFO and above, the audit log included) to stderr.
+
+    uvicorn configures only its own loggers, so without this the gateway's records would be
+    dropped. A process that has set up logging already (a test runner, ``--log-config``)
+    keeps its configuration.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Create the gateway for ``settings`` (default: from ``SATS_*`` environment variables).
 
@@ -71,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     RuntimeError
         If no API key is configured: the service has no built-in key.
     """
+    _configure_logging()
     settings = settings or get_settings()
     if not settings.api_key_sha256:
         raise RuntimeError(

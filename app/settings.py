@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model.errors import InputError
+
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _CLIENT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -31,13 +33,24 @@ def check_ae_title(value: str) -> str:
     return title
 
 
-def _check_tls_files(owner: str, cert: Path | None, key: Path | None, ca: Path | None) -> None:
-    """Require a certificate and its key together, and every named file to exist."""
+def _check_tls_pair(owner: str, cert: Path | None, key: Path | None) -> None:
+    """Require a certificate and its key together.
+
+    The files are checked where they are used (the listener at start, the worker at
+    delivery), because the other processes read the same settings without the files.
+    """
     if (cert is None) != (key is None):
         raise ValueError(f"{owner}: a TLS certificate and its private key must be given together")
-    for path in (cert, key, ca):
+
+
+def require_tls_files(owner: str, *paths: Path | None) -> None:
+    """Raise :class:`InputError` naming the first of ``paths`` that is not a readable file."""
+    for path in paths:
         if path is not None and not path.is_file():
-            raise ValueError(f"{owner}: TLS file {path} does not exist")
+            raise InputError(
+                f"{owner}: TLS file {path} does not exist or is not a file; mount it into this container",
+                code="config.tls_file_missing",
+            )
 
 
 class Destination(BaseModel):
@@ -76,7 +89,7 @@ class Destination(BaseModel):
             if not (self.ae_title and self.host and self.port):
                 raise ValueError(f"destination {self.name!r} of kind dicom needs ae_title, host and port")
             self.ae_title = check_ae_title(self.ae_title)
-            _check_tls_files(f"destination {self.name!r}", self.tls_cert, self.tls_key, self.tls_ca)
+            _check_tls_pair(f"destination {self.name!r}", self.tls_cert, self.tls_key)
         elif not self.url:
             raise ValueError(f"destination {self.name!r} of kind dicomweb needs url")
         return self
@@ -100,13 +113,15 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated SHA-256 hex digests of the accepted API keys, each optionally named "
         "`client:digest` (the name appears in the audit log and keys the rate limit; default name "
-        "`key-` and the digest's first 8 digits). No key is built in; `sats api-key` prints a new key and "
-        "its digest. The gateway does not start without one.",
+        "`key-` and the digest's first 8 digits). Two keys may share a name, for example the old and the new "
+        "key while a client changes over. No key is built in; `sats api-key` prints a new key and its digest. "
+        "The gateway does not start without one.",
     )
     rate_limit_per_minute: int = Field(
-        600,
+        1200,
         ge=0,
-        description="Most requests one API key may make per minute (a fixed one-minute window in Redis); "
+        description="Most requests one client (all keys of one name) may make per minute (a fixed one-minute "
+        "window in Redis); an open status page makes about 300. "
         "more get 429 with Retry-After. 0 turns the limit off. /healthz and /readyz need no key and are not counted.",
     )
     max_upload_bytes: int = Field(
@@ -219,10 +234,6 @@ class Settings(BaseSettings):
                     f"SATS_API_KEY_SHA256 client name {name!r} must be 1 to 64 letters, digits, '.', '_' or '-'"
                 )
             entries.append(f"{name}:{digest}" if name else digest)
-        names = [entry.partition(":")[0] for entry in entries if ":" in entry]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"SATS_API_KEY_SHA256 names client(s) {repeated} more than once; give each key its own")
         return entries
 
     @property
@@ -236,7 +247,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_dicom_tls(self) -> Settings:
-        _check_tls_files("SATS_DICOM_TLS_CERT/KEY/CA", self.dicom_tls_cert, self.dicom_tls_key, self.dicom_tls_ca)
+        _check_tls_pair("SATS_DICOM_TLS_CERT and SATS_DICOM_TLS_KEY", self.dicom_tls_cert, self.dicom_tls_key)
         if self.dicom_tls_ca is not None and self.dicom_tls_cert is None:
             raise ValueError("SATS_DICOM_TLS_CA needs SATS_DICOM_TLS_CERT and SATS_DICOM_TLS_KEY")
         return self

@@ -34,7 +34,7 @@ from pynetdicom.association import Association
 
 from app.dicom_tls import client_context
 from app.dicomweb import multipart_related_body
-from app.settings import Destination
+from app.settings import Destination, require_tls_files
 from model.errors import SATsError
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,9 @@ def deliver_dicom(destination: Destination, paths: Sequence[Path], calling_aet: 
         raise ValueError(f"destination {destination.name!r} of kind dicom needs ae_title, host and port")
     tls_args = None
     if destination.tls:
+        require_tls_files(
+            f"destination {destination.name!r}", destination.tls_ca, destination.tls_cert, destination.tls_key
+        )
         context = client_context(destination.tls_ca, destination.tls_cert, destination.tls_key)
         tls_args = (context, destination.host)
     association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)

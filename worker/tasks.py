@@ -250,6 +250,10 @@ def deliver_job(self: Task, job_id: str, destination_name: str) -> str:
         store.record_delivery(job_id, [_outcome(destination.name, "all", "failed", message)])
         logger.error("delivery of job %s to %s failed: %s", job_id, destination.name, message)
         return "failed"
+    except SATsError as error:  # a configuration fault, such as a TLS file missing here: retrying cannot help
+        store.record_delivery(job_id, [_outcome(destination.name, "all", "failed", str(error))])
+        logger.error("delivery of job %s to %s failed: %s [%s]", job_id, destination.name, error, error.code)
+        return "failed"
     store.record_delivery(job_id, [{**outcome.to_dict(), "sop_class": outcome.sop_class} for outcome in outcomes])
     # An earlier "retrying" or "failed" entry for all SOP classes is replaced by the real outcomes.
     store.redis.hdel(f"sats:job-delivery:{job_id}", f"{destination.name}|all")

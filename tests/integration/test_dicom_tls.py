@@ -14,6 +14,7 @@ import pytest
 
 from app.dicom_node import DicomNode
 from app.settings import Destination, Settings
+from model.errors import InputError
 from tests.integration.conftest import free_port
 from tests.integration.pacs import DicomToolError, PlainStoreSCP, require_tool, run_tool, storescu
 from worker.delivery import TransientDeliveryError, deliver_dicom
@@ -171,5 +172,18 @@ def test_delivery_refuses_untrusted_destination(tls_storescp, pki, series):
 def test_tls_settings_need_certificate_and_key_together(pki, tmp_path):
     with pytest.raises(ValueError, match="given together"):
         Settings(data_dir=tmp_path, dicom_tls_cert=pki.server_cert)
-    with pytest.raises(ValueError, match="does not exist"):
-        Settings(data_dir=tmp_path, dicom_tls_cert=tmp_path / "missing.crt", dicom_tls_key=pki.server_key)
+
+
+def test_listener_refuses_to_start_without_its_tls_files(pki, tmp_path, store):
+    # Other processes read the same settings without the files, so the listener checks them itself.
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        dicom_port=free_port(),
+        dicom_allowed_aets=["STORESCU"],
+        dicom_tls_cert=tmp_path / "missing.crt",
+        dicom_tls_key=pki.server_key,
+    )
+    node = DicomNode(settings, store)
+    with pytest.raises(InputError, match="missing.crt does not exist") as raised:
+        node.start()
+    assert raised.value.code == "config.tls_file_missing"
