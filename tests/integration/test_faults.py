@@ -1,6 +1,7 @@
 """Faults injected into real processes.
 
 - Redis restarted mid-queue.
+- The gateway killed in the middle of an upload.
 - The results disk full while a job writes (a small tmpfs; needs root to mount).
 - A destination that is down, slow, or refuses the association.
 
@@ -17,8 +18,10 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 import redis
@@ -133,6 +136,45 @@ def test_destination_down_then_up_delivers(tmp_path):
     finally:
         service.stop()
         scp.stop()
+        client.flushdb()
+
+
+# ---------------------------------------------------------------------------------------------
+# Gateway killed mid-upload
+# ---------------------------------------------------------------------------------------------
+
+
+def test_gateway_killed_mid_upload_then_resent(tmp_path):
+    client = redis.Redis.from_url(SERVICE_REDIS_URL)
+    client.flushdb()
+    service = Service(tmp_path / "data", tmp_path)
+    try:
+        service.start_gateway()
+        service.start_worker("w1")
+        files = _series(tmp_path / "s", 60)
+        body, content_type = multipart_related_body(files)
+        parts = list(body)
+
+        def dying_gateway() -> Iterator[bytes]:
+            for index, part in enumerate(parts):
+                if index == len(parts) // 2:
+                    assert service.gateway is not None
+                    service.gateway.kill()  # SIGKILL with half of the body received
+                yield part
+
+        with pytest.raises(httpx.HTTPError):
+            service.http.post("/dicomweb/studies", content=dying_gateway(), headers={"Content-Type": content_type})
+        service.start_gateway()
+        assert service.http.get("/v1/jobs").json()["total"] == 0  # nothing half-received became a job
+
+        job_id = _stow(service, files)  # the sender sends the study again
+        job = service.wait_for_state(job_id, {"completed", "failed"}, timeout_s=120)
+        assert job["state"] == "completed", job
+        assert job["instances"] == len(files)
+        assert service.http.get("/v1/jobs").json()["total"] == 1
+        assert [p.name for p in (tmp_path / "data" / "inputs").iterdir()] == [job_id]
+    finally:
+        service.stop()
         client.flushdb()
 
 
