@@ -18,7 +18,7 @@ from pathlib import Path
 from app.dicomweb import read_header
 from app.settings import Settings
 from app.store import Job, JobStore, new_job_id, series_key
-from worker.celery_app import enqueue_job
+from worker.celery_app import send_job
 
 logger = logging.getLogger(__name__)
 
@@ -141,14 +141,13 @@ def ingest_files(
         if not created:
             shutil.rmtree(input_folder, ignore_errors=True)  # the existing job has these instances
             if rerun and store.requeue_for_rerun(job.id) is not None:
-                enqueue_job(job.id, attempt=job.attempts)
+                send_job(store, job.id, attempt=job.attempts)
                 logger.info("job %s requeued for a re-run of series %s", job.id, series_uid)
                 job = store.get(job.id) or job
             else:
                 logger.info("series %s already has job %s (%s)", series_uid, job.id, job.state)
         else:
-            enqueue_job(job.id)
-            store.mark_enqueued(job.id)
+            send_job(store, job.id)
             logger.info("job %s queued for series %s (%d instances, %s)", job.id, series_uid, len(instances), source)
         result.stored.extend(instances)
         result.jobs.append((job, created))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from app.settings import Settings
 from app.store import FINAL_STATES, JobStore
-from worker.celery_app import enqueue_job
+from worker.celery_app import send_job
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,7 @@ def sweep(store: JobStore, settings: Settings, now: float | None = None) -> Swee
     for job_id in store.ids_in_state("queued"):
         job = store.get(job_id)
         if job is not None and not job.enqueued_at and now - job.created_at > UNSENT_GRACE_S:
-            enqueue_job(job_id, attempt=job.attempts)
-            store.mark_enqueued(job_id)
+            send_job(store, job_id, attempt=job.attempts)
             result.resent += 1
             logger.warning("job %s was queued but never sent; sent now", job_id)
 
@@ -58,8 +57,7 @@ def sweep(store: JobStore, settings: Settings, now: float | None = None) -> Swee
         if job is None or now - job.updated_at < lost_after or _worker_alive(store, job.worker):
             continue
         if store.requeue(job_id, f"worker {job.worker} stopped sending heartbeats; the job runs again"):
-            enqueue_job(job_id, attempt=job.attempts)
-            store.mark_enqueued(job_id)
+            send_job(store, job_id, attempt=job.attempts)
             result.requeued += 1
             logger.warning("job %s lost its worker %s; queued again", job_id, job.worker)
 

@@ -300,6 +300,7 @@ class JobStore:
             stage="",
             progress=0.0,
             finished_at=0.0,
+            enqueued_at=0.0,  # until the re-run is sent; the reaper resends it otherwise
         )
 
     def delete(self, job_id: str) -> None:

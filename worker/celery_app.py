@@ -25,6 +25,7 @@ import logging
 from celery import Celery
 
 from app.settings import Destination, Settings, get_settings
+from app.store import JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,16 @@ celery_app = make_celery()
 def enqueue_job(job_id: str, attempt: int = 0) -> None:
     """Queue the segmentation task of ``job_id``."""
     celery_app.send_task(SEGMENT_TASK, args=[job_id], task_id=f"{job_id}-{attempt}")
+
+
+def send_job(store: JobStore, job_id: str, attempt: int = 0) -> None:
+    """Queue the job's segmentation task and record when it was sent.
+
+    The reaper sends again a queued job that was never recorded as sent, so a job whose
+    send failed (Redis briefly unreachable) is not stranded.
+    """
+    enqueue_job(job_id, attempt)
+    store.mark_enqueued(job_id)
 
 
 def enqueue_delivery(job_id: str, destination: str) -> None:

@@ -132,15 +132,14 @@ def redeliver_job(request: Request, job_id: str) -> JobView:
     responses={**_ERRORS, 409: {"model": ErrorBody, "description": "The job is still queued or running."}},
 )
 def rerun_job(request: Request, job_id: str) -> JobView:
-    from worker.celery_app import enqueue_job
+    from worker.celery_app import send_job
 
     store = _store(request)
     job = _job_or_404(store, job_id)
     requeued = store.requeue_for_rerun(job_id)
     if requeued is None:
         raise ApiError(f"job {job_id} is {job.state}; only a finished job can run again", code="result.not_ready")
-    enqueue_job(job_id, attempt=requeued.attempts)
-    store.mark_enqueued(job_id)
+    send_job(store, job_id, attempt=requeued.attempts)
     return JobView.from_job(requeued)
 
 
