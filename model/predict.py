@@ -53,7 +53,7 @@ def tumour_mask_on_ct(
 
     The probabilities are interpolated linearly onto the CT grid and then thresholded.
     Only the CT voxels that map into the bounding box of the symmetric-frame voxels at or
-    above ``threshold`` are resampled: a linearly interpolated value is a weighted mean of
+    above ``threshold`` are resampled. A linearly interpolated value is a weighted mean of
     its neighbours, so a CT voxel whose neighbours all lie below the threshold stays below
     it. The mask is the same as resampling every voxel, in a fraction of the time.
     """

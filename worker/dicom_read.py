@@ -53,7 +53,7 @@ def read_dicom(path: Path, *, stop_before_pixels: bool = False, allow_truncated_
         Stop at the pixel data element.
     allow_truncated_pixels
         Accept pixel data that the header declares longer than the file, so that the caller
-        can reject the slice by name; the value is then never read in full.
+        can reject the slice by name. The value is then never read in full.
 
     Raises
     ------

@@ -100,12 +100,12 @@ def _stop_heartbeat(**_: Any) -> None:
     _heartbeat_stop.set()
 
 
-#: Longest hold at a fault-test point (seconds), so a forgotten hold file cannot stall a worker.
+#: Maximum hold time at a fault-test point (seconds), so that a forgotten hold file cannot stall a worker.
 FAULT_HOLD_LIMIT_S = 300.0
 
 
 def _hold_for_fault_test(stage: str) -> None:
-    """Hold the job at the start of ``stage`` while a test asks for it; no effect otherwise.
+    """Hold the job at the start of ``stage`` while a fault test requests it; no effect otherwise.
 
     The fault tests set ``SATS_FAULT_HOLD_DIR`` (never set it in a deployment). The job
     then waits here while the file ``<dir>/<stage>`` exists, at most

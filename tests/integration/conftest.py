@@ -7,6 +7,7 @@ that lost workers are noticed within seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -132,12 +133,13 @@ class Service:
         self.http.close()
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory) -> Iterator[Service]:
+@contextlib.contextmanager
+def running_service(root: Path, env: dict[str, str] | None = None) -> Iterator[Service]:
+    """Run a gateway and one worker (with ``env`` added) on the test Redis database, emptied around it."""
     client = redis.Redis.from_url(SERVICE_REDIS_URL)
     client.flushdb()
-    root = tmp_path_factory.mktemp("service")
     running = Service(root / "data", root)
+    running.env.update(env or {})
     try:
         running.start_gateway()
         running.start_worker("w1")
@@ -146,3 +148,16 @@ def service(tmp_path_factory) -> Iterator[Service]:
     finally:
         running.stop()
         client.flushdb()
+
+
+def worker_pid(job_id: str) -> int:
+    """Return the process id that the job store records for the job's current attempt."""
+    client = redis.Redis.from_url(SERVICE_REDIS_URL, decode_responses=True)
+    worker = client.hget(f"sats:job:{job_id}", "worker")
+    return int(worker.rsplit(" pid ", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory) -> Iterator[Service]:
+    with running_service(tmp_path_factory.mktemp("service")) as running:
+        yield running

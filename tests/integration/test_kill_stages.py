@@ -12,10 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from tests.conftest import SERVICE_REDIS_URL
-from tests.integration.conftest import Service
+from tests.integration.conftest import Service, running_service, worker_pid
 from tests.integration.test_faults import _series, _stow
 from worker.pipeline import STAGE_PROGRESS
 
@@ -25,27 +23,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def held_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """A gateway and one worker whose jobs stop at a stage while its hold file exists."""
-    client = redis.Redis.from_url(SERVICE_REDIS_URL)
-    client.flushdb()
     root = tmp_path_factory.mktemp("held")
-    service = Service(root / "data", root)
-    service.env["SATS_FAULT_HOLD_DIR"] = str(root / "hold")
     (root / "hold").mkdir()
-    try:
-        service.start_gateway()
-        service.start_worker("w1")
-        service.wait_for(lambda: service._get("/readyz") == 200, 60, "a live worker (/readyz)")
+    with running_service(root, {"SATS_FAULT_HOLD_DIR": str(root / "hold")}) as service:
         yield service
-    finally:
-        service.stop()
-        client.flushdb()
-
-
-def _worker_pid(job_id: str) -> int:
-    """Return the process id that the job store records for the job's current attempt."""
-    client = redis.Redis.from_url(SERVICE_REDIS_URL, decode_responses=True)
-    worker = client.hget(f"sats:job:{job_id}", "worker")
-    return int(worker.rsplit(" pid ", 1)[1])
 
 
 @pytest.mark.parametrize("stage", list(STAGE_PROGRESS))
@@ -57,7 +38,7 @@ def test_pool_process_killed_in_stage(held_service, tmp_path, stage):
         job_id = _stow(service, _series(tmp_path / "s", 20 + list(STAGE_PROGRESS).index(stage)))
         service.wait_for(lambda: service.job(job_id)["stage"] == stage, 120, f"the {stage} stage")
         assert service.job(job_id)["state"] == "running"
-        os.kill(_worker_pid(job_id), signal.SIGKILL)
+        os.kill(worker_pid(job_id), signal.SIGKILL)
     finally:
         hold.unlink()
 

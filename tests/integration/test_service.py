@@ -13,10 +13,10 @@ import zipfile
 
 import pydicom
 import pytest
-import redis
 
 from app.dicomweb import multipart_related_body
-from tests.conftest import SERVICE_REDIS_URL, TEST_API_KEY, shared_path
+from tests.conftest import TEST_API_KEY, shared_path
+from tests.integration.conftest import worker_pid
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
@@ -100,7 +100,7 @@ def test_worker_child_killed_during_inference(service):
     job_id = response.json()["jobs"][0]["id"]
     service.wait_for(lambda: service.job(job_id)["stage"] == "infer", 120, "the infer stage")
     assert service.job(job_id)["state"] == "running"
-    os.kill(_worker_pid(job_id), signal.SIGKILL)  # the pool process running the job
+    os.kill(worker_pid(job_id), signal.SIGKILL)  # the pool process running the job
 
     job = service.wait_for_state(job_id, {"completed", "failed"})
     assert job["state"] == "completed", job
@@ -132,13 +132,6 @@ def test_gateway_restart_loses_nothing(service):
     listed = service.http.get("/v1/jobs", params={"limit": 100}).json()
     assert job_id in {item["id"] for item in listed["jobs"]}
     assert all(item["state"] == "completed" for item in listed["jobs"])
-
-
-def _worker_pid(job_id: str) -> int:
-    """Return the process id that the job store records for the job's current attempt."""
-    client = redis.Redis.from_url(SERVICE_REDIS_URL, decode_responses=True)
-    worker = client.hget(f"sats:job:{job_id}", "worker")
-    return int(worker.rsplit(" pid ", 1)[1])
 
 
 def test_bad_series_fails_without_retry(service):
