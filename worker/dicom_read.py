@@ -1,9 +1,10 @@
 """Reading DICOM files whose length fields cannot be trusted.
 
-pydicom reads an element by asking the file for the element's declared length, and Python
-allocates a buffer of the asked size before it finds out how many bytes remain. A damaged or
-hostile file of a few bytes can declare 4 GiB. :func:`read_dicom` bounds every read by the
-bytes left in the file and never reads a deferred value that runs past the end of the file.
+pydicom reads an element by asking the file for the element's declared length, and a
+buffered file allocates a buffer of the asked size before it finds out how many bytes remain.
+A damaged or hostile file of a few bytes can declare 4 GiB. :func:`read_dicom` reads through
+a memory map, whose reads return at most the bytes left, and never reads a deferred value
+that runs past the end of the file.
 
 The gateway (which never imports torch) and the series reader both use it; it imports only
 pydicom.
@@ -11,13 +12,14 @@ pydicom.
 
 from __future__ import annotations
 
-import io
+import mmap
 import warnings
 from pathlib import Path
 
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 #: Values longer than this (bytes) stay in the file until they are used.
 DEFER_SIZE = 1024
@@ -29,17 +31,16 @@ class TruncatedElementError(ValueError):
     """An element's declared length runs past the end of its file."""
 
 
-class _BoundedReader(io.BufferedReader):
-    """A buffered file whose reads never ask for more bytes than the file has left."""
+class _FileLikeMap(mmap.mmap):
+    """A read-only memory map that lets a reader seek past its end, as a file does.
 
-    def __init__(self, raw: io.FileIO, size: int) -> None:
-        super().__init__(raw, buffer_size=65536)
-        self._size = size
+    pydicom skips a deferred value by seeking past it, so a value that runs past the end of
+    the file would otherwise raise. Reads after the end return no bytes.
+    """
 
-    def read(self, size: int | None = -1, /) -> bytes:
-        if size is not None and size > 0:
-            size = min(size, max(0, self._size - self.tell()))
-        return super().read(size)
+    def seek(self, pos: int, whence: int = 0, /) -> None:
+        start = {0: 0, 1: self.tell(), 2: len(self)}[whence]
+        super().seek(min(max(start + pos, 0), len(self)))
 
 
 def read_dicom(path: Path, *, stop_before_pixels: bool = False, allow_truncated_pixels: bool = False) -> Dataset:
@@ -63,10 +64,26 @@ def read_dicom(path: Path, *, stop_before_pixels: bool = False, allow_truncated_
         Whatever pydicom raises on bytes that are not DICOM: it raises many types.
     """
     size = path.stat().st_size
-    with open(path, "rb", buffering=0) as raw, _BoundedReader(raw, size) as stream, warnings.catch_warnings():
+    if size == 0:
+        raise InvalidDicomError(f"{path.name} is empty")
+    with (
+        open(path, "rb") as file,
+        _FileLikeMap(file.fileno(), 0, access=mmap.ACCESS_READ) as view,
+        warnings.catch_warnings(),
+    ):
         # force=True makes pydicom guess at non-DICOM bytes and warn about it.
         warnings.simplefilter("ignore", UserWarning)
-        dataset = pydicom.dcmread(stream, force=True, defer_size=DEFER_SIZE, stop_before_pixels=stop_before_pixels)
+        # A memory map has the read, seek and tell methods that pydicom uses.
+        dataset = pydicom.dcmread(
+            view,  # type: ignore[arg-type]
+            force=True,
+            defer_size=DEFER_SIZE,
+            stop_before_pixels=stop_before_pixels,
+        )
+    # Deferred values are read later by opening the file again, as for a data set read by name.
+    dataset.filename = str(path)
+    dataset.fileobj_type = open
+    dataset.buffer = None
     # Iterating the data set itself would read the deferred values; its tags do not.
     for tag in list(dataset.keys()):
         element = dataset.get_item(tag, keep_deferred=True)
