@@ -3,8 +3,8 @@
 Every route but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <key>``. Each
 configured key belongs to a named client (see ``SATS_API_KEY_SHA256``). A request of a known
 client counts against its per-minute limit and is written to the audit log (logger
-``sats.audit``) with the client name, method, path and status; paths hold job ids and
-DICOM UIDs only, never patient data.
+``sats.audit``) with the client name, method, path and status. The API's paths contain job
+ids and DICOM UIDs, not patient data.
 """
 
 from __future__ import annotations

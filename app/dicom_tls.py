@@ -1,10 +1,10 @@
-"""TLS for DICOM associations (PS3.15 annex B.9, the BCP 195 TLS profile): the listener and delivery.
+"""TLS contexts for DICOM associations of the listener and of delivery: TLS 1.2 or newer.
 
 The listener uses TLS when ``SATS_DICOM_TLS_CERT`` and ``SATS_DICOM_TLS_KEY`` are set, and
-then accepts only TLS connections; with ``SATS_DICOM_TLS_CA`` it also requires a client
+then accepts only TLS connections. With ``SATS_DICOM_TLS_CA`` it also requires a client
 certificate signed by that CA (mutual TLS). A destination with ``"tls": true`` is reached
-over TLS, its certificate checked against ``tls_ca`` (default: the system's CAs) and its
-host name; ``tls_cert`` and ``tls_key`` present a client certificate.
+over TLS, and its certificate is checked against ``tls_ca`` (default: the system's CAs) and
+its host name. ``tls_cert`` and ``tls_key`` present a client certificate.
 """
 
 from __future__ import annotations

@@ -87,11 +87,9 @@ def deliver_dicom(destination: Destination, paths: Sequence[Path], calling_aet: 
         raise ValueError(f"destination {destination.name!r} of kind dicom needs ae_title, host and port")
     tls_args = None
     if destination.tls:
-        require_tls_files(
-            f"destination {destination.name!r}", destination.tls_ca, destination.tls_cert, destination.tls_key
-        )
-        context = client_context(destination.tls_ca, destination.tls_cert, destination.tls_key)
-        tls_args = (context, destination.host)
+        files = (destination.tls_ca, destination.tls_cert, destination.tls_key)
+        require_tls_files(f"destination {destination.name!r}", *files)
+        tls_args = (client_context(*files), destination.host)
     association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
     if not association.is_established and association.rejected_contexts and not association.accepted_contexts:
         # The peer responded but accepted no presentation context, so pynetdicom aborted.

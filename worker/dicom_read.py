@@ -17,14 +17,22 @@ import warnings
 from pathlib import Path
 
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.valuerep import VR
 
 #: Values longer than this (bytes) stay in the file until they are used.
 DEFER_SIZE = 1024
 
 PIXEL_DATA_TAG = 0x7FE00010
+
+#: Value representations whose bytes pydicom can fail to convert: numbers whose length is
+#: not a multiple of the value size, and sequences with corrupt items. Text values are decoded
+#: with replacement characters and are left for when they are used.
+_RISKY_VRS = frozenset({"SQ", "US", "SS", "UL", "SL", "FL", "FD", "AT", "SV", "UV", "US or SS", "US or SS or OW"})
+_KNOWN_VRS = frozenset(vr.value for vr in VR)
 
 
 class TruncatedElementError(ValueError):
@@ -43,7 +51,23 @@ class _FileLikeMap(mmap.mmap):
         super().seek(min(max(start + pos, 0), len(self)))
 
 
-def read_dicom(path: Path, *, stop_before_pixels: bool = False, allow_truncated_pixels: bool = False) -> Dataset:
+def _value_representation(element: RawDataElement) -> str | None:
+    """Return the VR of a raw element, from the dictionary for implicit VR; None if not known."""
+    if element.VR is not None:
+        return str(element.VR)
+    try:
+        return str(dictionary_VR(element.tag))
+    except KeyError:
+        return None
+
+
+def read_dicom(
+    path: Path,
+    *,
+    stop_before_pixels: bool = False,
+    allow_truncated_pixels: bool = False,
+    convert_risky: bool = False,
+) -> Dataset:
     """Read ``path`` with ``force=True`` and values over :data:`DEFER_SIZE` bytes deferred.
 
     Parameters
@@ -55,6 +79,10 @@ def read_dicom(path: Path, *, stop_before_pixels: bool = False, allow_truncated_
     allow_truncated_pixels
         Accept pixel data that the header declares longer than the file, so that the caller
         can reject the slice by name. The value is then never read in full.
+    convert_risky
+        Convert now the elements that pydicom could fail to convert (see :data:`_RISKY_VRS`,
+        and any element whose VR is not known), so that a corrupt value raises here instead
+        of in a later stage.
 
     Raises
     ------
@@ -87,8 +115,13 @@ def read_dicom(path: Path, *, stop_before_pixels: bool = False, allow_truncated_
     # Iterating the data set itself would read the deferred values; its tags do not.
     for tag in list(dataset.keys()):
         element = dataset.get_item(tag, keep_deferred=True)
-        if not isinstance(element, RawDataElement) or element.value is not None:
-            continue  # already in memory
+        if not isinstance(element, RawDataElement):
+            continue  # already converted
+        if element.value is not None:
+            vr = _value_representation(element)
+            if convert_risky and (vr is None or vr in _RISKY_VRS or vr not in _KNOWN_VRS):
+                dataset[tag]  # convert now
+            continue
         if int(element.value_tell) + int(element.length) > size:
             if tag == PIXEL_DATA_TAG and allow_truncated_pixels:
                 continue

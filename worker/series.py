@@ -38,11 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pydicom.valuerep import VR
 
 from model.errors import InputError
 from model.geometry import AIR_HU
@@ -187,42 +184,18 @@ def list_files(folder: Path) -> list[Path]:
     return files
 
 
-#: Value representations whose bytes pydicom can fail to convert: numbers whose length is
-#: not a multiple of the value size, and sequences with corrupt items. Text values are decoded
-#: with replacement characters and are left for when they are used.
-_RISKY_VRS = frozenset({"SQ", "US", "SS", "UL", "SL", "FL", "FD", "AT", "SV", "UV", "US or SS", "US or SS or OW"})
-_KNOWN_VRS = frozenset(vr.value for vr in VR)
-
-
-def _value_representation(element: RawDataElement) -> str | None:
-    """Return the VR of a raw element, from the dictionary for implicit VR; None if not known."""
-    if element.VR is not None:
-        return str(element.VR)
-    try:
-        return str(dictionary_VR(element.tag))
-    except KeyError:
-        return None
-
-
 def _read_header(path: Path) -> Dataset | None:
     """Read ``path`` with pixel data deferred; return None if it is not DICOM or cannot be parsed.
 
-    Elements that pydicom could fail to convert (see :data:`_RISKY_VRS`, and any element whose
-    VR is not known) are converted here, so a corrupt value makes the file unreadable now instead
-    of failing a later stage. Pixel data that runs past the end of the file is kept, so that
-    the checks reject the truncated slice by name.
+    Elements whose conversion can fail are converted here (see :func:`read_dicom`), so a
+    corrupt value makes the file unreadable now instead of failing a later stage. Pixel data
+    that runs past the end of the file is kept, so that the checks reject the truncated slice
+    by name.
     """
     if path.stat().st_size == 0:
         return None
     try:
-        dataset = read_dicom(path, allow_truncated_pixels=True)
-        for tag in list(dataset.keys()):
-            element = dataset.get_item(tag, keep_deferred=True)
-            if not isinstance(element, RawDataElement) or element.value is None:
-                continue  # converted already, or deferred
-            vr = _value_representation(element)
-            if vr is None or vr in _RISKY_VRS or vr not in _KNOWN_VRS:
-                dataset[tag]  # convert now
+        dataset = read_dicom(path, allow_truncated_pixels=True, convert_risky=True)
         sop_class = dataset.get("SOPClassUID")
     except Exception:  # noqa: BLE001 - pydicom raises many types on bytes that are not valid DICOM
         return None
@@ -259,10 +232,10 @@ def _is_localizer(dataset: Dataset) -> bool:
 
 
 def _is_axial(datasets: Sequence[Dataset]) -> bool:
-    """Whether the series is axial, judged by the first slice with a valid ImageOrientationPatient.
+    """Return whether the series is axial, judged by the first slice with a valid ImageOrientationPatient.
 
-    A slice with an unreadable orientation does not decide; the header checks reject it by name
-    once the series is chosen.
+    A slice with an unreadable orientation does not decide. The header checks reject it by
+    name once the series is chosen.
     """
     orientation = next((o for o in map(orientation_of, datasets) if o is not None), None)
     if orientation is None:

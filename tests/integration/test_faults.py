@@ -269,7 +269,7 @@ def test_slow_destination_times_out_then_delivers_once(tmp_path):
         service.wait_for(lambda: _delivery_statuses(service, job_id) == {"retrying"}, 60, "a timed-out delivery")
         assert "no C-STORE response" in service.job(job_id)["delivery"][0]["message"]
         slow.stop()
-        fast.start()  # the destination answers in time before the retry (10 s)
+        fast.start()  # the destination responds in time before the retry (10 s)
         service.wait_for(lambda: _delivery_statuses(service, job_id) == {"delivered"}, 60, "the retry")
 
         received = fast.received_datasets()
