@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from worker.cli_model import add_model_options, make_predictor
 
@@ -87,13 +88,22 @@ def _print_summary(report: dict, output: Path) -> None:
     )
 
 
+def _ready_predictor(args: argparse.Namespace) -> Any:
+    """Load the model and do the first-use work outside the job's clock, as the worker does."""
+    from worker.pipeline import warm_up
+
+    predictor = make_predictor(args)
+    warm_up()
+    return predictor
+
+
 def _run_segment(args: argparse.Namespace) -> int:
     from worker.pipeline import SegmentOptions, segment_series
 
     options = SegmentOptions(
         series_uid=args.series, roi_name=args.roi_name, color_rgb=args.color, write_seg=not args.no_seg
     )
-    report = segment_series(args.input, args.output, make_predictor(args), options)
+    report = segment_series(args.input, args.output, _ready_predictor(args), options)
     _print_summary(report, args.output)
     return 0
 
@@ -106,6 +116,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     files = write_demo_series(ct_folder)
     print(f"wrote a synthetic CT series of {len(files)} slices to {ct_folder}/")
     options = SegmentOptions(roi_name=args.roi_name, color_rgb=args.color, write_seg=not args.no_seg)
-    report = segment_series(ct_folder, args.output, make_predictor(args), options)
+    report = segment_series(ct_folder, args.output, _ready_predictor(args), options)
     _print_summary(report, args.output)
     return 0

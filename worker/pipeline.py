@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,18 +106,16 @@ def _save(dataset: Dataset, path: Path) -> None:
 
 
 def _write_outputs(
-    ct: CTSeries, prediction: Prediction, predictor: Predictor, options: SegmentOptions, output: Path
+    ct: CTSeries, mask: np.ndarray, algorithm: AlgorithmInfo, options: SegmentOptions, output: Path
 ) -> dict[str, Any]:
     output.mkdir(parents=True, exist_ok=True)
-    metadata = predictor.info
-    version = f"{metadata.code_version} weights {predictor.weights_sha256[:12]}"
     outputs: dict[str, Any] = {}
 
     rtstruct = build_rtstruct(
         ct.datasets,
-        prediction.mask,
+        mask,
         RoiSpec(name=options.roi_name, color=options.color_rgb, interpreted_type="GTV"),
-        AlgorithmInfo(name=metadata.name, version=version),
+        algorithm,
     )
     _save(rtstruct, output / RTSTRUCT_FILE)
     outputs["rtstruct"] = {
@@ -129,8 +128,8 @@ def _write_outputs(
     if options.write_seg:
         seg = build_seg(
             ct.datasets,
-            prediction.mask,
-            SegmentSpec(options.roi_name, options.color_rgb, metadata.name, version),
+            mask,
+            SegmentSpec(options.roi_name, options.color_rgb, algorithm.name, algorithm.version),
             software_version=__version__,
         )
         _save(seg, output / SEG_FILE)
@@ -143,9 +142,36 @@ def _write_outputs(
 
     superior_last = ct.direction[2, 2] > 0  # slice normal has a +z (head) component
     direction = ct.direction
-    write_qa_png(ct.hu, prediction.mask, ct.spacing_dhw_mm, output / QA_FILE, superior_last, direction)
+    write_qa_png(ct.hu, mask, ct.spacing_dhw_mm, output / QA_FILE, superior_last, direction)
     outputs["qa_png"] = QA_FILE
     return outputs
+
+
+def warm_up() -> None:
+    """Do once per process the first-use work that would otherwise fall into a job's timed stages.
+
+    Writes a 4-slice synthetic CT series (no patient data) to a temporary folder, reads it
+    back and writes its RTSTRUCT, SEG and QA picture. That loads pydicom's and highdicom's
+    tables of the DICOM standard and matplotlib's fonts, which took about 0.5 s of the
+    first job on 2 cores. The worker calls it after loading the model, and so does
+    ``sats segment``, so a job's stage timings show that job's own work.
+    """
+    from worker.synthetic_dicom.geometry import SeriesGeometry
+    from worker.synthetic_dicom.writer import write_ct_series
+
+    started = time.monotonic()
+    geometry = SeriesGeometry.axial(
+        "HFS", rows=16, columns=16, slices=4, pixel_spacing_mm=(2.0, 2.0), slice_spacing_mm=3.0
+    )
+    volume = np.full((4, 16, 16), -1000.0, dtype=np.float32)
+    mask = np.zeros(volume.shape, dtype=bool)
+    mask[1:3, 4:12, 4:12] = True
+    volume[mask] = 40.0
+    with tempfile.TemporaryDirectory(prefix="sats-warm-up-") as folder:
+        write_ct_series(volume, geometry, Path(folder) / "ct", uid_seed="sats-warm-up")
+        ct = read_ct_series(Path(folder) / "ct")
+        _write_outputs(ct, mask, AlgorithmInfo(name="warm-up", version="0"), SegmentOptions(), Path(folder) / "out")
+    logger.debug("warm-up took %.2f s", time.monotonic() - started)
 
 
 def _input_summary(ct: CTSeries) -> dict[str, Any]:
@@ -229,12 +255,15 @@ def segment_series(
 
     notify("write")
     started = time.monotonic()
-    outputs = _write_outputs(ct, prediction, predictor, options, output)
+    metadata = predictor.info
+    algorithm = AlgorithmInfo(
+        name=metadata.name, version=f"{metadata.code_version} weights {predictor.weights_sha256[:12]}"
+    )
+    outputs = _write_outputs(ct, prediction.mask, algorithm, options, output)
     result = _result_summary(ct, prediction, predictor)
     warnings = [w.to_dict() for w in ct.warnings]
     if result["empty"]:
         warnings.append({"code": "result.empty", "message": "no tumour was predicted", "sop_instance_uid": None})
-    metadata = predictor.info
     report: dict[str, Any] = {
         "sats_version": __version__,
         "intended_use": metadata.intended_use,

@@ -45,6 +45,7 @@ def _make_predictor(settings: Settings) -> Any:
 
     from model.predict import Predictor
     from worker.cli_model import default_atlas, default_model
+    from worker.pipeline import warm_up
 
     device = settings.device
     if device == "auto":
@@ -59,6 +60,10 @@ def _make_predictor(settings: Settings) -> Any:
         mirror=settings.mirror_tta,
     )
     logger.info("model %s loaded on %s (pid %d)", predictor.info.name, device, os.getpid())
+    try:
+        warm_up()
+    except Exception:  # the first job then pays the first-use cost itself
+        logger.warning("warm-up failed in pid %d; continuing without it", os.getpid(), exc_info=True)
     return predictor
 
 

@@ -16,7 +16,7 @@ from model.predict import Predictor
 from model.preprocess import IntensityNormalization
 from tests.conftest import shared_path
 from tests.helpers import TINY_NETWORK
-from worker.pipeline import asymmetry_score, laterality, segment_series
+from worker.pipeline import asymmetry_score, laterality, segment_series, warm_up
 from worker.synthetic_dicom import write_demo_series
 
 
@@ -148,3 +148,16 @@ def test_series_smaller_than_patch(tmp_path):
     assert report["input"]["slice_count"] * 3.0 < depth_mm
     assert report["input"]["slice_count"] == 12
     assert _errors(tmp_path / "out" / "rtstruct.dcm") == []
+
+
+def test_warm_up_loads_the_writers_and_leaves_no_files(tmp_path, monkeypatch):
+    import highdicom._standard_utils as standard  # private: only to see that its tables were loaded
+
+    standard.get_module_attribute_map.cache_clear()
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    warm_up()
+    assert standard.get_module_attribute_map.cache_info().currsize == 1
+    assert list(tmp_path.iterdir()) == []
