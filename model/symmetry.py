@@ -62,6 +62,18 @@ class MidSagittalPlane:
         cosine = abs(float(np.dot(self.normal, other.normal)))
         return math.degrees(math.acos(min(1.0, cosine)))
 
+    def pulled_back(self, transform: sitk.Transform) -> MidSagittalPlane:
+        """Return this plane in the frame of an image resampled through ``transform``.
+
+        An image made by ``sitk.Resample(ct, grid, transform)`` shows at point ``p`` what
+        ``ct`` shows at ``transform(p)``. The returned plane is the set of points ``p``
+        whose ``transform(p)`` lies on this plane. ``transform`` must be linear.
+        """
+        matrix, translation = _affine_parts(transform)
+        normal = matrix.T @ self.normal
+        scale = float(np.linalg.norm(normal))
+        return MidSagittalPlane(normal / scale, float((self.offset_mm - self.normal @ translation) / scale))
+
     def distance_at(self, point: Sequence[float], other: MidSagittalPlane) -> float:
         """Return how far apart the planes are (mm) along this normal through ``point``.
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from model.geometry import AIR_HU
+from model.geometry import AIR_HU, corner_points
 
 
 @dataclass(frozen=True)
@@ -95,3 +95,20 @@ def make_phantom(
     mask = sitk.GetImageFromArray(lesion)
     mask.CopyInformation(image)
     return Phantom(ct=image, lesion=mask)
+
+
+def turn_and_shift(
+    ct: sitk.Image, yaw_degrees: float, roll_degrees: float, shift_x_mm: float
+) -> tuple[sitk.Image, sitk.Euler3DTransform]:
+    """Resample ``ct`` on its own grid so its anatomy is turned and shifted by a known rigid motion.
+
+    The motion turns about the grid centre: ``yaw`` about the z axis, ``roll`` about the
+    y axis, then shifts along x. Returns the moved image and the transform ``T`` with
+    ``moved(p) = ct(T(p))``; a plane of ``ct`` appears in the moved image as
+    ``plane.pulled_back(T)``.
+    """
+    transform = sitk.Euler3DTransform()
+    transform.SetCenter(np.mean(corner_points(ct), axis=0).tolist())
+    transform.SetRotation(0.0, math.radians(roll_degrees), math.radians(yaw_degrees))
+    transform.SetTranslation((shift_x_mm, 0.0, 0.0))
+    return sitk.Resample(ct, ct, transform, sitk.sitkLinear, AIR_HU), transform

@@ -7,29 +7,7 @@ import SimpleITK as sitk
 from model.errors import InputError
 from model.geometry import corner_points, to_array
 from model.symmetry import MidSagittalPlane, find_plane_self, symmetrize, to_input_grid
-from model.synthetic import make_phantom
-
-
-def rotate_and_shift(ct, yaw_degrees, roll_degrees, shift_x_mm):
-    """Resample ``ct`` so its anatomy is turned and shifted by a known rigid motion.
-
-    Returns the moved image and the transform T with moved(p) = ct(T(p)).
-    """
-    transform = sitk.Euler3DTransform()
-    transform.SetCenter(np.mean(corner_points(ct), axis=0).tolist())
-    transform.SetRotation(0.0, math.radians(roll_degrees), math.radians(yaw_degrees))
-    transform.SetTranslation((shift_x_mm, 0.0, 0.0))
-    return sitk.Resample(ct, ct, transform, sitk.sitkLinear, -1024.0), transform
-
-
-def expected_plane(plane, transform):
-    """The plane n.p = d of the original CT, expressed in the moved CT's frame."""
-    matrix = np.asarray(transform.GetMatrix()).reshape(3, 3)
-    offset = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)))
-    normal = matrix.T @ plane.normal
-    distance = plane.offset_mm - plane.normal @ offset
-    scale = np.linalg.norm(normal)
-    return MidSagittalPlane(normal / scale, float(distance / scale))
+from model.synthetic import make_phantom, turn_and_shift
 
 
 def test_phantom_plane_found_at_known_yaw_and_shift():
@@ -114,9 +92,9 @@ def test_empty_volume_rejected():
 def test_real_ct_known_rotation_recovered(pycerr_ct):
     """Turning the real CT by a known rotation moves the found plane accordingly."""
     plane, _ = find_plane_self(pycerr_ct)
-    moved, transform = rotate_and_shift(pycerr_ct, yaw_degrees=8.0, roll_degrees=4.0, shift_x_mm=12.0)
+    moved, transform = turn_and_shift(pycerr_ct, yaw_degrees=8.0, roll_degrees=4.0, shift_x_mm=12.0)
     found, _ = find_plane_self(moved)
-    truth = expected_plane(plane, transform)
+    truth = plane.pulled_back(transform)
     assert found.angle_to(truth) < 0.5
     centre = np.mean(corner_points(moved), axis=0)
     assert found.distance_at(centre, truth) < 1.0
