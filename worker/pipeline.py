@@ -171,7 +171,7 @@ def warm_up() -> None:
         write_ct_series(volume, geometry, Path(folder) / "ct", uid_seed="sats-warm-up")
         ct = read_ct_series(Path(folder) / "ct")
         _write_outputs(ct, mask, AlgorithmInfo(name="warm-up", version="0"), SegmentOptions(), Path(folder) / "out")
-    logger.debug("warm-up took %.2f s", time.monotonic() - started)
+    logger.info("warmed up the output writers on a synthetic series in %.2f s", time.monotonic() - started)
 
 
 def _input_summary(ct: CTSeries) -> dict[str, Any]:
