@@ -152,8 +152,8 @@ def warm_up() -> None:
 
     Writes a 4-slice synthetic CT series (no patient data) to a temporary folder, reads it
     back and writes its RTSTRUCT, SEG and QA picture. That loads pydicom's and highdicom's
-    tables of the DICOM standard and matplotlib's fonts, which took about 0.5 s of the
-    first job on 2 cores. The worker calls it after loading the model, and so does
+    tables of the DICOM standard and matplotlib's fonts, which added about 0.35 s to the
+    first job's write stage on 2 cores. The worker calls it after loading the model, and so does
     ``sats segment``, so a job's stage timings show that job's own work.
     """
     from worker.synthetic_dicom.geometry import SeriesGeometry
