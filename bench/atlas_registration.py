@@ -6,8 +6,8 @@ Usage::
 
 The script reads the pyCERR head-and-neck CT and the first N OpenKBP validation CTs in
 ../shared/data. It registers each CT to the shipped atlas. It then registers two copies of
-the CT turned and shifted by a known rigid motion (yaw 8 degrees, roll 4 degrees, 12 mm;
-and -6 degrees, -3 degrees, -8 mm). The plane found on a moved copy should be the first
+the CT, each turned and shifted by a known rigid motion: yaw 8 degrees, roll 4 degrees and
+12 mm, and yaw -6 degrees, roll -3 degrees and -8 mm. The plane found on a moved copy should be the first
 plane moved with it; the angle and the offset between the two measure how well the
 registration repeats under a change of head pose, which is what symmetrization must undo.
 Offsets are measured along the found plane's normal through the centre of the CT grid.
@@ -22,27 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from real_cts import read_cases  # bench/ is on sys.path when a script in it runs
 
-from model.data import discover, load_case
 from model.geometry import corner_points
 from model.symmetry import MidSagittalPlane, _plane_from_frame, register_to_atlas
 from model.synthetic import turn_and_shift
 from worker.cli_model import default_atlas
-from worker.series import read_ct_series
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 POSES = ((8.0, 4.0, 12.0), (-6.0, -3.0, -8.0))  # yaw (deg), roll (deg), shift along x (mm)
-
-
-def read_cases(openkbp_cases: int) -> list[tuple[str, sitk.Image]]:
-    cases = [("hn-ct-pycerr", read_ct_series(SHARED / "hn-ct-pycerr").image)]
-    for files in discover(SHARED / "openkbp", "openkbp", "validation")[:openkbp_cases]:
-        cases.append((f"openkbp/{files.case_id}", load_case(files).ct))
-    return cases
 
 
 def main() -> None:

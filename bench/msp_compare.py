@@ -22,12 +22,10 @@ from pathlib import Path
 import mspdetect
 import numpy as np
 import SimpleITK as sitk
+from real_cts import read_cases  # bench/ is on sys.path when a script in it runs
 
-from model.data import discover, load_case
 from model.symmetry import MidSagittalPlane, _body_centroid, symmetrize
 from worker.cli_model import default_atlas
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def mspdetect_plane(ct: sitk.Image) -> tuple[MidSagittalPlane, float]:
@@ -63,21 +61,6 @@ def mspdetect_plane(ct: sitk.Image) -> tuple[MidSagittalPlane, float]:
     if normal[0] < 0:
         normal, offset = -normal, -offset
     return MidSagittalPlane(normal, offset), elapsed
-
-
-def read_cases(openkbp_cases: int) -> list[tuple[str, sitk.Image]]:
-    """Return (name, CT) pairs of the real CTs used for the comparison."""
-    cases = []
-    pycerr = SHARED / "hn-ct-pycerr"
-    if pycerr.is_dir():
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(pycerr)))
-        cases.append(("hn-ct-pycerr", sitk.Cast(reader.Execute(), sitk.sitkFloat32)))
-    openkbp = SHARED / "openkbp"
-    if openkbp.is_dir():
-        for files in discover(openkbp, "openkbp", "validation")[:openkbp_cases]:
-            cases.append((f"openkbp/{files.case_id}", load_case(files).ct))
-    return cases
 
 
 def main() -> None:
