@@ -63,7 +63,11 @@ def _make_predictor(settings: Settings) -> Any:
     try:
         warm_up()
     except Exception:  # the first job then pays the first-use cost itself
-        logger.warning("warm-up failed in pid %d; continuing without it", os.getpid(), exc_info=True)
+        logger.warning(
+            "warm-up of the output writers failed in pid %d, so its first job will be slower",
+            os.getpid(),
+            exc_info=True,
+        )
     return predictor
 
 

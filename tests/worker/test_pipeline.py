@@ -150,7 +150,7 @@ def test_series_smaller_than_patch(tmp_path):
     assert _errors(tmp_path / "out" / "rtstruct.dcm") == []
 
 
-def test_warm_up_loads_the_writers_and_leaves_no_files(tmp_path, monkeypatch):
+def test_warm_up_leaves_no_files(tmp_path, monkeypatch):
     import highdicom._standard_utils as standard  # private: only to see that its tables were loaded
 
     standard.get_module_attribute_map.cache_clear()
