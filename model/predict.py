@@ -17,7 +17,7 @@ from model.errors import ModelError
 from model.geometry import to_array
 from model.inference import sliding_window_probabilities
 from model.preprocess import CropBox, body_crop
-from model.symmetry import SymmetricVolume, symmetrize, to_input_grid
+from model.symmetry import SymmetricVolume, resample_region, symmetrize
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,14 @@ def tumour_mask_on_ct(
         return np.zeros(tuple(reversed(ct.GetSize())), dtype=np.uint8)
     depth, height, width = (np.flatnonzero(above.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1)))
     box = tuple(slice(int(index[0]), int(index[-1]) + 1) for index in (depth, height, width))
-    # Outside this box every value is below the threshold, so resampling it as 0 leaves the mask unchanged.
-    probabilities = to_input_grid(probabilities_sym, symmetric, ct, nonzero_box=box)  # type: ignore[arg-type]
-    return (probabilities >= threshold).astype(np.uint8)
+    # Outside this box every value is below the threshold, so resampling it as 0 leaves the
+    # mask unchanged. Only that region is resampled and thresholded, so the only CT-size
+    # array is the uint8 mask itself.
+    mask = np.zeros(tuple(reversed(ct.GetSize())), dtype=np.uint8)
+    region, probabilities = resample_region(probabilities_sym, symmetric, ct, box)  # type: ignore[arg-type]
+    if region is not None:
+        mask[region] = probabilities >= threshold
+    return mask
 
 
 class Predictor:
