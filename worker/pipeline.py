@@ -152,7 +152,7 @@ def warm_up() -> None:
 
     Writes a 4-slice synthetic CT series (no patient data) to a temporary folder, reads it
     back and writes its RTSTRUCT, SEG and QA picture. That loads pydicom's and highdicom's
-    tables of the DICOM standard and matplotlib's fonts, which added about 0.35 s to the
+    tables of the DICOM standard and the picture's fonts, which added about 0.35 s to the
     first job's write stage on 2 cores. The worker calls it after loading the model, and so does
     ``sats segment``, so a job's stage timings show that job's own work.
     """
