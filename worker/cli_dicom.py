@@ -90,10 +90,11 @@ def _print_summary(report: dict, output: Path) -> None:
 
 def _ready_predictor(args: argparse.Namespace) -> Any:
     """Load the model and do the first-use work outside the job's clock, as the worker does."""
-    from worker.pipeline import warm_up
+    from worker.pipeline import freeze_startup_objects, warm_up
 
     predictor = make_predictor(args)
     warm_up()
+    freeze_startup_objects()
     return predictor
 
 

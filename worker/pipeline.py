@@ -7,6 +7,7 @@ threshold) and ``write`` (RTSTRUCT, SEG, QA picture, report).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -172,6 +173,20 @@ def warm_up() -> None:
         ct = read_ct_series(Path(folder) / "ct")
         _write_outputs(ct, mask, AlgorithmInfo(name="warm-up", version="0"), SegmentOptions(), Path(folder) / "out")
     logger.info("warmed up the output writers on a synthetic series in %.2f s", time.monotonic() - started)
+
+
+def freeze_startup_objects() -> None:
+    """Exclude every object allocated so far from later garbage collections.
+
+    With the model and the DICOM tables loaded, a process tracks about half a million
+    objects. A full collection scans all of them and took about 0.15 s on 2 cores, inside
+    whichever job stage set it off. These objects live as long as the process, so freezing
+    them (:func:`gc.freeze`) keeps nothing alive that a collection would have freed. Call
+    it once, after :func:`warm_up`.
+    """
+    gc.collect()
+    gc.freeze()
+    logger.info("froze %d start-up objects out of garbage collection", gc.get_freeze_count())
 
 
 def _input_summary(ct: CTSeries) -> dict[str, Any]:

@@ -545,6 +545,27 @@ def _structure_set_roi_item(reference: Dataset, roi: RoiSpec, algorithm: Algorit
     return item
 
 
+#: Values below this magnitude fit in a DS with all :data:`COORDINATE_DECIMALS` decimals:
+#: a sign, 7 digits, a point and 6 decimals make 15 characters.
+_FULL_PRECISION_LIMIT = 1e7
+
+
+def format_ds_values(values: np.ndarray) -> str:
+    """Format numbers as one backslash-separated DS string, each value as :func:`format_ds` would.
+
+    Contours have tens of thousands of coordinates. When all of them fit at full
+    precision, one list comprehension formats them in half the time of a
+    :func:`format_ds` call per value.
+    """
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    if flat.size == 0:
+        return ""
+    if not np.all(np.isfinite(flat)) or float(np.abs(flat).max()) >= _FULL_PRECISION_LIMIT:
+        return "\\".join(format_ds(float(value)) for value in flat)
+    texts = [f"{value:.{COORDINATE_DECIMALS}f}".rstrip("0").rstrip(".") for value in flat.tolist()]
+    return "\\".join("0" if text == "-0" else text for text in texts)
+
+
 def _contour_items(ct_datasets: Sequence[Dataset], foreground: np.ndarray) -> list[Dataset]:
     """Trace every slice of the ``(D, H, W)`` mask and return one Contour Sequence item per polygon."""
     items: list[Dataset] = []
@@ -558,6 +579,6 @@ def _contour_items(ct_datasets: Sequence[Dataset], foreground: np.ndarray) -> li
             item.ContourGeometricType = "CLOSED_PLANAR"
             item.NumberOfContourPoints = len(points)
             item.ContourNumber = len(items) + 1
-            _set_encoded(item, "ContourData", "DS", "\\".join(format_ds(float(value)) for value in points.ravel()))
+            _set_encoded(item, "ContourData", "DS", format_ds_values(points))
             items.append(item)
     return items

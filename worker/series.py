@@ -398,8 +398,11 @@ def _native_pixels(dataset: Dataset) -> np.ndarray | None:
     return pixels
 
 
-def decode_hu(dataset: Dataset) -> np.ndarray:
+def decode_hu(dataset: Dataset, out: np.ndarray | None = None) -> np.ndarray:
     """Decode one slice to ``(Rows, Columns)`` float32 HU, padding voxels set to air.
+
+    With ``out`` (a float32 ``(Rows, Columns)`` array, such as one slice of the volume)
+    the HU are written there without temporary arrays, and ``out`` is returned.
 
     Raises
     ------
@@ -424,7 +427,10 @@ def decode_hu(dataset: Dataset) -> np.ndarray:
             f"slice {sop_uid} decodes to shape {raw.shape}, expected Rows x Columns {expected}",
             code="series.unreadable_slice",
         )
-    hu = raw.astype(np.float32) * float(dataset.RescaleSlope) + float(dataset.RescaleIntercept)
+    # Writing into the given slice saves three temporary arrays per slice.
+    hu = np.empty(expected, dtype=np.float32) if out is None else out
+    np.multiply(raw, np.float32(float(dataset.RescaleSlope)), out=hu, casting="unsafe")
+    hu += np.float32(float(dataset.RescaleIntercept))
     padding = dataset.get("PixelPaddingValue")
     if padding is not None:
         limit = dataset.get("PixelPaddingRangeLimit")
@@ -490,7 +496,10 @@ def build_volume(datasets: Sequence[Dataset]) -> CTSeries:
     rows, columns = int(kept[0].Rows), int(kept[0].Columns)
     volume = np.empty((len(kept), rows, columns), dtype=np.float32)  # (D, H, W)
     for k, dataset in enumerate(kept):
-        volume[k] = decoded.pop(id(dataset)) if id(dataset) in decoded else decode_hu(dataset)
+        if id(dataset) in decoded:
+            volume[k] = decoded.pop(id(dataset))
+        else:
+            decode_hu(dataset, out=volume[k])
         # Drop the pixel bytes; the headers stay for the output references.
         if "PixelData" in dataset:
             del dataset.PixelData

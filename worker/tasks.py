@@ -45,7 +45,7 @@ def _make_predictor(settings: Settings) -> Any:
 
     from model.predict import Predictor
     from worker.cli_model import default_atlas, default_model
-    from worker.pipeline import warm_up
+    from worker.pipeline import freeze_startup_objects, warm_up
 
     device = settings.device
     if device == "auto":
@@ -68,6 +68,7 @@ def _make_predictor(settings: Settings) -> Any:
             os.getpid(),
             exc_info=True,
         )
+    freeze_startup_objects()
     return predictor
 
 

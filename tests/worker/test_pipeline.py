@@ -161,3 +161,20 @@ def test_warm_up_leaves_no_files(tmp_path, monkeypatch):
     warm_up()
     assert standard.get_module_attribute_map.cache_info().currsize == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_startup_objects_frozen():
+    import gc
+
+    from worker.pipeline import freeze_startup_objects
+
+    startup = object.__new__(type("StartupObject", (), {}))
+    assert gc.is_tracked(startup)
+    try:
+        freeze_startup_objects()
+        assert gc.get_freeze_count() > 0
+        # A frozen object is no longer in any generation that a collection scans.
+        assert not any(item is startup for item in gc.get_objects())
+    finally:
+        gc.unfreeze()
+    assert any(item is startup for item in gc.get_objects())

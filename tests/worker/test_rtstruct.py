@@ -20,7 +20,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RTStructureSetSt
 from model import __version__
 from model.errors import OutputError
 from tests.conftest import shared_path
-from worker.rtstruct import AlgorithmInfo, RoiSpec, build_rtstruct, format_ds
+from worker.rtstruct import AlgorithmInfo, RoiSpec, build_rtstruct, format_ds, format_ds_values
 
 ALGORITHM = AlgorithmInfo(name="sats-test-model", version="1.2.3")
 
@@ -417,6 +417,22 @@ def test_format_ds_values(value, expected):
 
     assert text == expected
     assert len(text) <= 16
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 300.0, 1e8])
+def test_format_ds_values_matches_one_by_one(scale):
+    """The batch formatter gives the same text as :func:`format_ds`, on both of its paths."""
+    values = np.random.default_rng(7).normal(0.0, scale, 2000)
+    values[:6] = [0.0, -0.0, -1e-7, 2.0, -2.5, 9999999.9999996]
+
+    assert format_ds_values(values) == "\\".join(format_ds(float(v)) for v in values)
+
+
+def test_format_ds_values_rejects_nan():
+    with pytest.raises(OutputError) as error:
+        format_ds_values(np.array([1.0, float("nan")]))
+
+    assert error.value.code == "output.invalid_number"
 
 
 @pytest.mark.parametrize("value", [1e17, float("nan"), float("inf")])
