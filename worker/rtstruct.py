@@ -392,6 +392,8 @@ def _check_inputs(ct_datasets: Sequence[Dataset], mask: np.ndarray) -> np.ndarra
     for index, ct_slice in enumerate(ct_datasets):
         _check_slice(index, ct_slice, ct_datasets[0], array.shape[1:])
     _check_order(ct_datasets)
+    if array.dtype == np.uint8:
+        return array.view(np.bool_)  # checked to be 0 and 1 above, so no copy is needed
     return array.astype(bool, copy=False)
 
 

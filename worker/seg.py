@@ -67,7 +67,9 @@ def build_seg(
             f"mask shape {mask.shape} does not match {len(ct_datasets)} CT slices (D, H, W)",
             code="output.shape_mismatch",
         )
-    pixel_array = (mask > 0).astype(np.uint8)
+    # A uint8 mask of 0 and 1 is used as it is, without a CT-size copy.
+    binary = mask.dtype == np.uint8 and mask.size > 0 and mask.max() <= 1
+    pixel_array = mask if binary else (mask > 0).astype(np.uint8)
     empty = not pixel_array.any()
     description = hd.seg.SegmentDescription(
         segment_number=1,

@@ -33,6 +33,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -398,6 +399,10 @@ def _native_pixels(dataset: Dataset) -> np.ndarray | None:
     return pixels
 
 
+#: Threads that decode slices into the volume.
+DECODE_THREADS = 2
+
+
 def decode_hu(dataset: Dataset, out: np.ndarray | None = None) -> np.ndarray:
     """Decode one slice to ``(Rows, Columns)`` float32 HU, padding voxels set to air.
 
@@ -495,11 +500,22 @@ def build_volume(datasets: Sequence[Dataset]) -> CTSeries:
 
     rows, columns = int(kept[0].Rows), int(kept[0].Columns)
     volume = np.empty((len(kept), rows, columns), dtype=np.float32)  # (D, H, W)
-    for k, dataset in enumerate(kept):
+
+    def decode_into(k: int) -> None:
+        dataset = kept[k]
         if id(dataset) in decoded:
-            volume[k] = decoded.pop(id(dataset))
+            volume[k] = decoded[id(dataset)]
         else:
             decode_hu(dataset, out=volume[k])
+
+    # numpy releases the GIL while it converts a slice. On 2 cores, two threads decoded the
+    # 90-slice CT in 0.05 s where one took 0.06 to 0.26 s, the slow cases being the first
+    # writes to newly allocated memory. Results are read in slice order, so the first
+    # undecodable slice raises, as in a plain loop.
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="sats-decode") as pool:
+        for _ in pool.map(decode_into, range(len(kept))):
+            pass
+    for dataset in kept:
         # Drop the pixel bytes; the headers stay for the output references.
         if "PixelData" in dataset:
             del dataset.PixelData
