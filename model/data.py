@@ -217,6 +217,12 @@ def prepare_case(
     )
 
 
+#: Version of what :func:`prepare_case` computes. Raise it whenever symmetrization or
+#: preprocessing changes its output, so that caches made by older code are not reused.
+#: Version 2: atlas planes refined by mirror symmetry, registration at 16 and 8 mm.
+PREPARATION_VERSION = 2
+
+
 def cache_key(files: CaseFiles, spacing_dhw_mm: Sequence[float], mode: str, atlas_sha256: str | None) -> str:
     """Return a stable key for a prepared case, changing with every preprocessing input."""
     description = json.dumps(
@@ -226,7 +232,7 @@ def cache_key(files: CaseFiles, spacing_dhw_mm: Sequence[float], mode: str, atla
             "spacing": list(map(float, spacing_dhw_mm)),
             "mode": mode,
             "atlas": atlas_sha256,
-            "version": 1,
+            "version": PREPARATION_VERSION,
         },
         sort_keys=True,
     )
