@@ -50,9 +50,10 @@ def body_crop(volume_hu: np.ndarray, margin: int = CROP_MARGIN_VOXELS) -> CropBo
     labels, count = ndimage.label(body)
     if count == 0:
         raise InputError("the volume contains no body (no voxel above -500 HU)", code="volume.no_body")
-    sizes = ndimage.sum_labels(body, labels, index=np.arange(1, count + 1))
-    largest = labels == (int(np.argmax(sizes)) + 1)
-    box = ndimage.find_objects(largest.astype(np.int8))[0]
+    # Voxel counts per label and the boxes of all labels, without a weighted sum or a
+    # mask of the largest region, because both made temporaries of the whole volume.
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    box = ndimage.find_objects(labels)[int(np.argmax(sizes))]
     shape = volume_hu.shape
     d = (max(0, box[0].start - margin), min(shape[0], box[0].stop + margin))
     h = (max(0, box[1].start - margin), min(shape[1], box[1].stop + margin))
