@@ -248,6 +248,16 @@ def _check_plane(plane: MidSagittalPlane) -> None:
         )
 
 
+def _correlation_registration() -> sitk.ImageRegistrationMethod:
+    """Return a registration by normalised correlation on a regular grid of a quarter of the voxels."""
+    registration = sitk.ImageRegistrationMethod()
+    registration.SetMetricAsCorrelation()
+    registration.SetMetricSamplingStrategy(registration.REGULAR)
+    registration.SetMetricSamplingPercentage(0.25, seed=1)
+    registration.SetInterpolator(sitk.sitkLinear)
+    return registration
+
+
 def _coarse_yaw_search(fixed: sitk.Image, moving: sitk.Image, centre: np.ndarray) -> sitk.Euler3DTransform:
     """Return the rotation about z (every 2.5 degrees within +-30) that best matches the images.
 
@@ -257,11 +267,7 @@ def _coarse_yaw_search(fixed: sitk.Image, moving: sitk.Image, centre: np.ndarray
     """
     initial = sitk.Euler3DTransform()
     initial.SetCenter(centre.tolist())
-    search = sitk.ImageRegistrationMethod()
-    search.SetMetricAsCorrelation()
-    search.SetMetricSamplingStrategy(search.REGULAR)
-    search.SetMetricSamplingPercentage(0.25, seed=1)
-    search.SetInterpolator(sitk.sitkLinear)
+    search = _correlation_registration()
     steps = 12
     search.SetOptimizerAsExhaustive(numberOfSteps=[0, 0, steps, 0, 0, 0], stepLength=math.radians(2.5))
     search.SetOptimizerScales([1.0] * 6)
@@ -293,11 +299,7 @@ def find_plane_self(ct: sitk.Image) -> tuple[MidSagittalPlane, float]:
     moving = sitk.Resample(fixed, fixed, mirror, sitk.sitkLinear, AIR_HU)
 
     initial = _coarse_yaw_search(fixed, moving, centre)
-    registration = sitk.ImageRegistrationMethod()
-    registration.SetMetricAsCorrelation()
-    registration.SetMetricSamplingStrategy(registration.REGULAR)
-    registration.SetMetricSamplingPercentage(0.25, seed=1)
-    registration.SetInterpolator(sitk.sitkLinear)
+    registration = _correlation_registration()
     registration.SetOptimizerAsRegularStepGradientDescent(
         learningRate=1.0, minStep=1e-4, numberOfIterations=200, relaxationFactor=0.6
     )
@@ -414,13 +416,9 @@ def _refine_plane(image: sitk.Image, frame: sitk.AffineTransform) -> tuple[sitk.
 
     initial = sitk.Euler3DTransform()
     initial.SetCenter(pivot.tolist())
-    registration = sitk.ImageRegistrationMethod()
-    registration.SetMetricAsCorrelation()
-    registration.SetMetricSamplingStrategy(registration.REGULAR)
-    registration.SetMetricSamplingPercentage(0.25, seed=1)
+    registration = _correlation_registration()
     registration.SetMetricFixedMask(_body_mask(image))
     _sample_gradients_only(registration)
-    registration.SetInterpolator(sitk.sitkLinear)
     _step_descent(registration, iterations=200)
     registration.SetInitialTransform(initial, inPlace=False)
     rigid = registration.Execute(image, mirrored)
