@@ -364,9 +364,9 @@ def _match_to_atlas(
 ) -> tuple[sitk.Transform, float]:
     """Run one Mattes mutual information registration on images already at their level.
 
-    This match sets pose, size and tilt; its plane is refined afterwards. Letting it run
-    to a 0.01 mm step (:func:`_step_descent`) took half as long again and left the
-    refined planes as repeatable as they are now.
+    This match sets pose, size and tilt, and its plane is refined afterwards. Letting it
+    run to a 0.01 mm step (:func:`_step_descent`) took half as long again and did not make
+    the refined planes more repeatable.
     """
     registration = sitk.ImageRegistrationMethod()
     registration.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
