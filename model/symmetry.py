@@ -202,18 +202,20 @@ def _frame_from_plane(plane: MidSagittalPlane, anchor: np.ndarray) -> sitk.Affin
     axes rotated minimally, and its origin is the projection of ``anchor`` on the plane.
     """
     n = plane.normal / np.linalg.norm(plane.normal)
-    ex = np.array([1.0, 0.0, 0.0])
-    axis = np.cross(ex, n)
-    sine = np.linalg.norm(axis)
-    cosine = float(ex @ n)
-    if sine < 1e-12:
-        rotation = np.eye(3)
-    else:
-        k = axis / sine
-        cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-        rotation = np.eye(3) + sine * cross + (1 - cosine) * cross @ cross
+    rotation = _rotation_onto(np.array([1.0, 0.0, 0.0]), n)
     origin = anchor + (plane.offset_mm - n @ anchor) * n
     return _as_affine(rotation, origin)
+
+
+def _rotation_onto(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Return the smallest rotation matrix that turns unit vector ``source`` onto unit vector ``target``."""
+    axis = np.cross(source, target)
+    sine = float(np.linalg.norm(axis))
+    if sine < 1e-12:
+        return np.eye(3)
+    k = axis / sine
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + sine * cross + (1.0 - float(source @ target)) * cross @ cross
 
 
 def _plane_from_reflection(matrix: np.ndarray, translation: np.ndarray, point: np.ndarray) -> MidSagittalPlane:
@@ -428,21 +430,15 @@ def _refine_plane(image: sitk.Image, frame: sitk.AffineTransform) -> tuple[sitk.
     plane = _plane_from_reflection(reflection @ r_matrix, reflection @ r_translation + mirror_shift, pivot)
     sign = 1.0 if plane.normal @ n0 >= 0 else -1.0
     n, offset = sign * plane.normal, sign * plane.offset_mm
-    if plane.angle_to(first) > MAX_PLANE_REFINEMENT_DEG:
+    turned_deg = plane.angle_to(first)
+    if turned_deg > MAX_PLANE_REFINEMENT_DEG:
         raise SymmetrizationError(
-            f"the CT's mirror symmetry turned the atlas plane by {plane.angle_to(first):.1f} degrees "
+            f"the CT's mirror symmetry turned the atlas plane by {turned_deg:.1f} degrees "
             f"(limit {MAX_PLANE_REFINEMENT_DEG}); check that the series is a head-and-neck CT, or try "
             "the other symmetrization mode",
             code="symmetry.atlas_registration",
         )
-    axis = np.cross(n0, n)
-    sine = float(np.linalg.norm(axis))
-    if sine < 1e-12:
-        turn = np.eye(3)
-    else:
-        k = axis / sine
-        cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-        turn = np.eye(3) + sine * cross + (1.0 - float(n0 @ n)) * cross @ cross
+    turn = _rotation_onto(n0, n)
     # G(p) = turn (p - pivot) + pivot + shift n maps the first plane onto the new one.
     shift = offset - n @ pivot
     matrix, translation = _affine_parts(frame)

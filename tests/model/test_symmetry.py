@@ -148,8 +148,8 @@ def test_plane_refinement_moves_frame_onto_mirror_plane():
 
 
 def test_plane_refinement_that_turns_too_far_fails(monkeypatch):
-    # The refinement turns this plane by about 5 degrees (see the test above); with a
-    # limit below that, the turn must be refused rather than applied.
+    # The refinement turns this plane by about 5 degrees, so with a limit below that the
+    # turn must be rejected rather than applied.
     monkeypatch.setattr("model.symmetry.MAX_PLANE_REFINEMENT_DEG", 3.0)
     phantom = make_phantom(yaw_degrees=0.0, shift_x_mm=0.0, lesion_side="none")
     image = _registration_copy(sitk.Cast(phantom.ct, sitk.sitkFloat32))
