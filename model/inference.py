@@ -63,18 +63,26 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast_context(device: torch.device, enabled: bool) -> torch.autocast | nullcontext[None]:
-    """Return fp16 autocast on CUDA, bf16 autocast on a CPU with native bf16, else a no-op.
+def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """Return the autocast type for ``device``: fp16 on CUDA, bf16 on a CPU with native bf16.
 
-    ``enabled=False`` always returns the no-op (fp32).
+    None means fp32 without autocast, and is always returned for ``enabled=False``.
     """
     if not enabled:
-        return nullcontext()
+        return None
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
+        return torch.float16
     if device.type == "cpu" and cpu_supports_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()
+        return torch.bfloat16
+    return None
+
+
+def autocast_context(device: torch.device, enabled: bool) -> torch.autocast | nullcontext[None]:
+    """Return the autocast context of :func:`autocast_dtype`, or a no-op for fp32."""
+    dtype = autocast_dtype(device, enabled)
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()

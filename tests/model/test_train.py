@@ -3,11 +3,12 @@ import json
 
 import pytest
 import SimpleITK as sitk
+import torch
 
 from model.network import NetworkConfig
 from model.sampling import AugmentationConfig
 from model.synthetic import make_phantom
-from model.train import TrainConfig, Trainer, poly_learning_rate
+from model.train import TrainConfig, Trainer, needs_loss_scaling, poly_learning_rate
 
 TINY = NetworkConfig(base_features=4, max_features=16, encoder_blocks=(1, 1, 1, 1, 1))
 NO_AUGMENTATION = AugmentationConfig(
@@ -104,3 +105,26 @@ def test_stage_two_from_stage_one_model(phantom_dataset, tmp_path):
     assert (second / "best.safetensors").is_file()
     metadata = json.loads((second / "best.json").read_text())
     assert metadata["training"]["embedding"] == "features"
+
+
+def test_loss_scaling_only_for_fp16():
+    assert needs_loss_scaling(torch.device("cuda"), mixed_precision=True)
+    assert not needs_loss_scaling(torch.device("cuda"), mixed_precision=False)
+    assert not needs_loss_scaling(torch.device("cpu"), mixed_precision=True)  # bf16 or fp32
+    assert not needs_loss_scaling(torch.device("cpu"), mixed_precision=False)
+
+
+def test_loss_scaling_leaves_updates_unchanged(phantom_dataset, tmp_path):
+    """A power-of-two loss scale, undone before clipping, must give the same weights."""
+    weights = []
+    for scale in (None, 2.0**12):
+        config = config_for(phantom_dataset, tmp_path / f"run-{scale}", stage1_epochs=1, iterations_per_epoch=3)
+        trainer = Trainer(config)
+        if scale is not None:
+            trainer.scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+        trainer.run(stages=(1,))
+        weights.append(trainer.model.unet.state_dict())
+        if scale is not None:
+            assert trainer.scaler.get_scale() == scale
+    for name, plain in weights[0].items():
+        assert torch.allclose(weights[1][name], plain, rtol=1e-5, atol=1e-7), name
