@@ -13,8 +13,8 @@ is symmetric). Each probability map is mapped to the CT grid as the service does
 thresholded at every threshold. The DSC against the PTV70 mask is computed on that grid.
 
 It prints one line per case and a final JSON line with the mean and median DSC per
-setting. The shipped model's threshold is chosen on this same validation split, so a
-gain measured here is optimistic; prefer settings whose gain holds for most cases.
+setting. The shipped model was selected on this same validation split, so a gain
+measured here is optimistic. Prefer settings whose gain holds for most cases.
 """
 
 from __future__ import annotations
@@ -38,14 +38,24 @@ OPENKBP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "open
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=default_model(), help="weights (default: the shipped model)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=default_model(),
+        help="model weights (.safetensors with .json beside it; default: the shipped model)",
+    )
     parser.add_argument("--split", default="validation", help="OpenKBP split (default validation)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--thresholds", default="0.3,0.4,0.5,0.6", help="comma-separated probability thresholds")
-    parser.add_argument("--max-cases", type=int, default=None, help="only the first N cases")
+    parser.add_argument("--max-cases", type=int, default=None, help="evaluate only the first N cases")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    thresholds = [float(value) for value in args.thresholds.split(",")]
+    try:
+        thresholds = [float(value) for value in args.thresholds.split(",")]
+    except ValueError:
+        parser.error(f"--thresholds must be comma-separated numbers, got {args.thresholds!r}")
+    if not all(0.0 < threshold < 1.0 for threshold in thresholds):
+        parser.error(f"--thresholds must lie between 0 and 1, got {args.thresholds!r}")
 
     predictor = Predictor(args.model, atlas=default_atlas())
     patch = predictor.metadata.patch_size
