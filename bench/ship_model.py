@@ -6,7 +6,8 @@ Usage::
 
 The weights file is copied unchanged, so its SHA-256 stays valid. The metadata JSON gets
 the name, the summary of ``sats evaluate`` (EVAL_DIR/summary.json) under
-``metrics.evaluation`` and the description under ``training_data``.
+``metrics.evaluation``, the description under ``training_data`` and, for models trained
+before the metadata recorded it, ``training.target`` derived from the layout settings.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 from model.checkpoint import load_model
+from model.data import target_definition
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "model" / "weights"
 
@@ -32,6 +34,10 @@ def main(arguments: list[str]) -> int:
     metadata["name"] = name
     metadata["training_data"] = description
     metadata["metrics"] = {**metadata.get("metrics", {}), "evaluation": summary}
+    # Models trained before the metadata named the resolved target get it from their settings.
+    training = metadata["training"]
+    if "target" not in training:
+        training["target"] = target_definition(training["layout"], training["label_value"], training["structures"])
     # Paths on the machine that trained the model are of no use to a user.
     for key in ("data_root", "output_dir", "cache_dir", "atlas_path"):
         metadata["training"].pop(key, None)

@@ -24,6 +24,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -36,6 +37,7 @@ from model.symmetry import SymmetricVolume, resample_into, symmetrize
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("nnunet", "segrap", "openkbp")
+DEFAULT_LABEL_VALUES = {"nnunet": 1, "openkbp": 10}
 DEFAULT_SEGRAP_STRUCTURES = ("GTVp", "GTVnd")
 
 
@@ -60,6 +62,18 @@ class LoadedCase:
 
 def _sorted_dirs(path: Path) -> list[Path]:
     return sorted((p for p in path.iterdir() if p.is_dir()), key=lambda p: p.name)
+
+
+def target_definition(layout: str, label_value: int | None, structures: Sequence[str]) -> dict[str, Any]:
+    """Return what defines the tumour in ``layout``, defaults resolved, for model metadata.
+
+    ``{"label_value": 10}`` for the label-map layouts, ``{"structures": ["GTVp", ...]}``
+    for SegRap2023, so a checkpoint states its target without the reader knowing the
+    layout's defaults.
+    """
+    if layout == "segrap":
+        return {"structures": list(structures)}
+    return {"label_value": DEFAULT_LABEL_VALUES[layout] if label_value is None else label_value}
 
 
 def discover(
@@ -94,10 +108,10 @@ def discover(
         raise InputError(f"dataset layout must be one of {LAYOUTS}, got {layout!r}", code="data.layout")
     if not root.is_dir():
         raise InputError(f"dataset folder not found: {root}", code="data.not_found")
-    if layout == "nnunet":
-        cases = _discover_nnunet(root, split, 1 if label_value is None else label_value)
-    elif layout == "openkbp":
-        cases = _discover_openkbp(root, split, 10 if label_value is None else label_value)
+    if layout in DEFAULT_LABEL_VALUES:
+        value = target_definition(layout, label_value, structures)["label_value"]
+        find = _discover_nnunet if layout == "nnunet" else _discover_openkbp
+        cases = find(root, split, value)
     else:
         cases = _discover_segrap(root, structures)
     if not cases:

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 import torch
 
 from model.checkpoint import ModelMetadata, save_model, sha256_file
-from model.data import CaseFiles, PreparedCase, discover, prepare_cached
+from model.data import CaseFiles, PreparedCase, discover, prepare_cached, target_definition
 from model.errors import InputError, SymmetrizationError
 from model.inference import autocast_context, autocast_dtype, sliding_window_probabilities
 from model.losses import asymmetry_mask, margin_loss, segmentation_loss
@@ -89,6 +89,7 @@ class TrainConfig:
         """Return a JSON-serialisable copy."""
         data = asdict(self)
         data["network"] = self.network.to_dict()
+        data["target"] = target_definition(self.layout, self.label_value, self.structures)
         for key in ("data_root", "output_dir", "cache_dir", "atlas_path"):
             data[key] = None if data[key] is None else str(data[key])
         return data
@@ -248,6 +249,8 @@ class Trainer:
         )
         self.state_path = config.output_dir / "state.pt"
         self.data_summary: dict[str, Any] = {}
+        # The model that stage 2 started from, when not this run's own stage 1.
+        self.initialised_from: dict[str, str] | None = None
 
     # -- persistence ---------------------------------------------------------------------
     def save_state(self) -> None:
@@ -262,6 +265,7 @@ class Trainer:
             "best_dsc": self.best_dsc,
             "history": self.history,
             "normalization": self.normalization.to_dict(),
+            "initialised_from": self.initialised_from,
             "rng": json.dumps(self.rng.bit_generator.state),
             "torch_rng": torch.get_rng_state(),
         }
@@ -284,6 +288,7 @@ class Trainer:
         self.best_dsc = float(state["best_dsc"])
         self.history = list(state["history"])
         self.normalization = IntensityNormalization(**state["normalization"])
+        self.initialised_from = state.get("initialised_from")
         self.rng.bit_generator.state = json.loads(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         logger.info("resumed from %s at stage %d epoch %d", self.state_path, self.stage, self.epoch)
@@ -296,6 +301,7 @@ class Trainer:
         unet, metadata = load_model(weights, self.device)
         self.model.unet.load_state_dict(unet.state_dict())
         self.normalization = metadata.normalization
+        self.initialised_from = {"name": metadata.name, "file": weights.name, "sha256": sha256_file(weights)}
         self.stage, self.epoch = 2, 0
         self.optimizer = _optimizer(self.model, 2, self.config)
         logger.info("initialised the encoder-decoder from %s; starting stage 2", weights)
@@ -309,7 +315,13 @@ class Trainer:
             patch_size=self.config.patch_size,
             symmetrization=self.config.symmetrization,
             normalization=self.normalization,
-            training={**self.config.to_dict(), **self.data_summary},
+            training={
+                **self.config.to_dict(),
+                **self.data_summary,
+                # Stages this run trained, resumed parts included; the epoch counts above are
+                # the configured ones, and a stage-2-only run sets out from initialised_from.
+                "stages_trained": sorted({int(row["stage"]) for row in self.history} | {self.stage}),
+            },
             metrics=metrics,
         )
 
@@ -384,6 +396,7 @@ class Trainer:
             "validation_cases": [c.case_id for c in validation_cases],
             "excluded_cases": {**excluded, **excluded_validation},
             "atlas_sha256": atlas_sha256,
+            "initialised_from": self.initialised_from,
         }
         if self.normalization is None:
             foreground = np.concatenate([c.image_hu[c.mask > 0] for c in train_cases])

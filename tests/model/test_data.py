@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from model.data import discover, load_case
+from model.data import discover, load_case, target_definition
 from model.errors import InputError
 
 
@@ -57,6 +57,13 @@ def test_openkbp_layout_label_value(tmp_path):
     case = discover(tmp_path, "openkbp", "train")[0]
     assert case.label_value == 10
     assert sitk.GetArrayFromImage(load_case(case).mask).sum() == 9
+
+
+def test_target_definition_resolves_layout_defaults():
+    assert target_definition("openkbp", None, ("GTVp",)) == {"label_value": 10}
+    assert target_definition("nnunet", None, ("GTVp",)) == {"label_value": 1}
+    assert target_definition("nnunet", 3, ("GTVp",)) == {"label_value": 3}
+    assert target_definition("segrap", None, ("GTVp", "GTVnd")) == {"structures": ["GTVp", "GTVnd"]}
 
 
 def test_grid_mismatch_rejected(tmp_path):

@@ -5,6 +5,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from model.checkpoint import sha256_file
 from model.network import NetworkConfig
 from model.sampling import AugmentationConfig
 from model.synthetic import make_phantom
@@ -91,6 +92,10 @@ def test_resume_continues_into_stage_two(phantom_dataset, tmp_path):
     assert [(int(r["stage"]), int(r["epoch"])) for r in rows] == [(1, 1), (2, 1)]
     assert (output / "stage1_final.safetensors").is_file()
     assert trainer.model.head is not None
+    training = json.loads((output / "final.json").read_text())["training"]
+    assert training["stages_trained"] == [1, 2]
+    assert training["initialised_from"] is None
+    assert training["target"] == {"label_value": 1}
 
 
 def test_stage_two_from_stage_one_model(phantom_dataset, tmp_path):
@@ -105,6 +110,13 @@ def test_stage_two_from_stage_one_model(phantom_dataset, tmp_path):
     assert (second / "best.safetensors").is_file()
     metadata = json.loads((second / "best.json").read_text())
     assert metadata["training"]["embedding"] == "features"
+    assert metadata["training"]["stages_trained"] == [2]
+    start = {"name": "sats", "file": "final.safetensors", "sha256": sha256_file(first / "final.safetensors")}
+    assert metadata["training"]["initialised_from"] == start
+    # A resumed run no longer calls initialise_from; state.pt keeps where it started.
+    resumed = Trainer(config_for(phantom_dataset, second, embedding="features", stage2_epochs=1))
+    assert resumed.load_state()
+    assert resumed.initialised_from == start
 
 
 def test_loss_scaling_only_for_fp16():
