@@ -318,8 +318,8 @@ class Trainer:
             training={
                 **self.config.to_dict(),
                 **self.data_summary,
-                # Stages this run trained, resumed parts included; the epoch counts above are
-                # the configured ones, and a stage-2-only run sets out from initialised_from.
+                # Stages this run trained, resumed parts included. The epoch counts above are
+                # the configured ones, and a stage-2-only run starts from initialised_from.
                 "stages_trained": sorted({int(row["stage"]) for row in self.history} | {self.stage}),
             },
             metrics=metrics,
