@@ -64,16 +64,21 @@ def _sorted_dirs(path: Path) -> list[Path]:
     return sorted((p for p in path.iterdir() if p.is_dir()), key=lambda p: p.name)
 
 
-def target_definition(layout: str, label_value: int | None, structures: Sequence[str]) -> dict[str, Any]:
-    """Return what defines the tumour in ``layout``, defaults resolved, for model metadata.
+def resolve_label_value(layout: str, label_value: int | None) -> int:
+    """Return ``label_value``, or the default of the label-map ``layout`` when it is None."""
+    return DEFAULT_LABEL_VALUES[layout] if label_value is None else label_value
 
-    ``{"label_value": 10}`` for the label-map layouts, ``{"structures": ["GTVp", ...]}``
-    for SegRap2023, so a checkpoint states its target without the reader knowing the
-    layout's defaults.
+
+def target_definition(layout: str, label_value: int | None, structures: Sequence[str]) -> dict[str, Any]:
+    """Return what defines the tumour in ``layout``, with defaults resolved, for model metadata.
+
+    The label-map layouts give ``{"label_value": 10}`` and SegRap2023 gives
+    ``{"structures": ["GTVp", ...]}``, so a checkpoint names its target without the reader
+    knowing the layout's defaults.
     """
     if layout == "segrap":
         return {"structures": list(structures)}
-    return {"label_value": DEFAULT_LABEL_VALUES[layout] if label_value is None else label_value}
+    return {"label_value": resolve_label_value(layout, label_value)}
 
 
 def discover(
@@ -108,10 +113,10 @@ def discover(
         raise InputError(f"dataset layout must be one of {LAYOUTS}, got {layout!r}", code="data.layout")
     if not root.is_dir():
         raise InputError(f"dataset folder not found: {root}", code="data.not_found")
-    if layout in DEFAULT_LABEL_VALUES:
-        value = target_definition(layout, label_value, structures)["label_value"]
-        find = _discover_nnunet if layout == "nnunet" else _discover_openkbp
-        cases = find(root, split, value)
+    if layout == "nnunet":
+        cases = _discover_nnunet(root, split, resolve_label_value(layout, label_value))
+    elif layout == "openkbp":
+        cases = _discover_openkbp(root, split, resolve_label_value(layout, label_value))
     else:
         cases = _discover_segrap(root, structures)
     if not cases:

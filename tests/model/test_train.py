@@ -113,7 +113,7 @@ def test_stage_two_from_stage_one_model(phantom_dataset, tmp_path):
     assert metadata["training"]["stages_trained"] == [2]
     start = {"name": "sats", "file": "final.safetensors", "sha256": sha256_file(first / "final.safetensors")}
     assert metadata["training"]["initialised_from"] == start
-    # A resumed run no longer calls initialise_from; state.pt keeps where it started.
+    # A resumed run does not call initialise_from again, so state.pt must keep the starting model.
     resumed = Trainer(config_for(phantom_dataset, second, embedding="features", stage2_epochs=1))
     assert resumed.load_state()
     assert resumed.initialised_from == start
