@@ -5,6 +5,12 @@ configured key belongs to a named client (see ``SATS_API_KEY_SHA256``). A reques
 client counts against its per-minute limit and is written to the audit log (logger
 ``sats.audit``) with the client name, method, path and status. The API's paths contain job
 ids and DICOM UIDs, not patient data.
+
+Invalid keys are counted per client address. An address that sent
+``SATS_AUTH_FAILURES_PER_MINUTE`` invalid keys in the current minute gets 429 for every
+request with a key until the minute ends, before its key is checked, so keys cannot be
+guessed at full speed. Behind a reverse proxy the address is the proxy's unless uvicorn
+trusts the proxy's ``X-Forwarded-For`` (``FORWARDED_ALLOW_IPS``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from app.errors import ApiError
 from app.settings import Settings, key_digest
 
+logger = logging.getLogger(__name__)
 audit_logger = logging.getLogger("sats.audit")
 
 _bearer = HTTPBearer(auto_error=False, description="An API key configured by the operator (SATS_API_KEY_SHA256).")
@@ -34,8 +41,8 @@ class RateLimited(ApiError):  # noqa: N818 (the gateway answers it with 429)
 
     code = "auth.rate_limited"
 
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, retry_after_s: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
 
 
@@ -49,19 +56,69 @@ def client_for_key(key: str, clients: list[tuple[str, str]]) -> str | None:
     return found
 
 
+def _retry_after_s(window: int, now: float) -> int:
+    """Return the whole seconds until ``window`` ends, at least 1."""
+    return max(1, int((window + 1) * RATE_WINDOW_S - now) + 1)
+
+
+def _count(request: Request, key: str) -> int:
+    """Increment the Redis counter ``key`` of the current window and return its new value."""
+    with request.app.state.store.redis.pipeline() as pipe:
+        pipe.incr(key)
+        pipe.expire(key, 2 * RATE_WINDOW_S)
+        count, _ = pipe.execute()
+    return int(count)
+
+
+def client_address(request: Request) -> str:
+    """Return the peer address of ``request`` (the ``X-Forwarded-For`` client where uvicorn trusts the proxy)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _failures_key(address: str, window: int) -> str:
+    return f"sats:authfail:{address}:{window}"
+
+
+def _check_failures(request: Request, address: str, settings: Settings) -> None:
+    """Reject a request from ``address`` once it sent the allowed number of invalid keys this minute."""
+    limit = settings.auth_failures_per_minute
+    if limit == 0:
+        return
+    now = time.time()
+    window = int(now // RATE_WINDOW_S)
+    failures = request.app.state.store.redis.get(_failures_key(address, window))
+    if failures is not None and int(failures) >= limit:
+        retry_after = _retry_after_s(window, now)
+        raise RateLimited(
+            f"address {address} sent {limit} or more invalid API keys this minute "
+            f"(SATS_AUTH_FAILURES_PER_MINUTE); retry after {retry_after} s",
+            retry_after_s=retry_after,
+            code="auth.too_many_failures",
+        )
+
+
+def _record_failure(request: Request, address: str, settings: Settings) -> None:
+    limit = settings.auth_failures_per_minute
+    if limit == 0:
+        return
+    count = _count(request, _failures_key(address, int(time.time() // RATE_WINDOW_S)))
+    if count == limit:  # once per address and window, however many more follow
+        logger.warning(
+            "address %s sent %d invalid API keys this minute; its requests get 429 until the minute ends",
+            address,
+            count,
+        )
+
+
 def _check_rate(request: Request, client: str, settings: Settings) -> None:
     limit = settings.rate_limit_per_minute
     if limit == 0:
         return
     now = time.time()
     window = int(now // RATE_WINDOW_S)
-    key = f"sats:rate:{client}:{window}"
-    with request.app.state.store.redis.pipeline() as pipe:
-        pipe.incr(key)
-        pipe.expire(key, 2 * RATE_WINDOW_S)
-        count, _ = pipe.execute()
-    if int(count) > limit:
-        retry_after = max(1, int((window + 1) * RATE_WINDOW_S - now) + 1)
+    count = _count(request, f"sats:rate:{client}:{window}")
+    if count > limit:
+        retry_after = _retry_after_s(window, now)
         raise RateLimited(
             f"client {client} sent more than {limit} requests this minute (SATS_RATE_LIMIT_PER_MINUTE); "
             f"retry after {retry_after} s",
@@ -72,12 +129,19 @@ def _check_rate(request: Request, client: str, settings: Settings) -> None:
 def require_api_key(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    """Reject the request unless it carries a configured API key within its client's rate limit."""
+    """Reject the request unless it carries a configured API key within the rate limits.
+
+    The address's invalid-key limit is checked before the key, so that a blocked address
+    learns nothing about the keys it sends. Then the client's request limit is checked.
+    """
     settings: Settings = request.app.state.settings
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise ApiError("missing API key; send 'Authorization: Bearer <key>'", code="auth.missing_key")
+    address = client_address(request)
+    _check_failures(request, address, settings)
     client = client_for_key(credentials.credentials, settings.api_clients)
     if client is None:
+        _record_failure(request, address, settings)
         raise ApiError("invalid API key", code="auth.invalid_key")
     request.state.client = client
     _check_rate(request, client, settings)

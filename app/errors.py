@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 STATUS_BY_CODE = {
     "auth.": 401,
     "auth.rate_limited": 429,
+    "auth.too_many_failures": 429,
     "job.not_found": 404,
     "result.not_found": 404,
     "result.not_ready": 409,

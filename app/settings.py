@@ -124,6 +124,14 @@ class Settings(BaseSettings):
         "window in Redis); an open status page makes about 300. "
         "more get 429 with Retry-After. 0 turns the limit off. /healthz and /readyz need no key and are not counted.",
     )
+    auth_failures_per_minute: int = Field(
+        20,
+        ge=0,
+        description="Most invalid API keys one client address may send per minute (a fixed one-minute window "
+        "in Redis). After that, its requests with any key get 429 with Retry-After until the minute ends, "
+        "valid keys included. Behind a reverse proxy, set FORWARDED_ALLOW_IPS to the proxy's address so "
+        "that this counts each client's address and not the proxy's. 0 turns the limit off.",
+    )
     max_upload_bytes: int = Field(
         4 * 1024**3, gt=0, description="Largest accepted request body in bytes (default 4 GiB); larger gets 413."
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -84,10 +85,18 @@ def test_routes_need_valid_key(client, headers, path):
     assert response.json()["error"]["code"].startswith("auth.")
 
 
+def _wait_for_fresh_window(seconds_needed: float = 10.0) -> None:
+    """Sleep into the next one-minute rate window if this one ends within ``seconds_needed``."""
+    left = 60 - time.time() % 60
+    if left < seconds_needed:
+        time.sleep(left + 0.1)
+
+
 def test_rate_limit_per_client_429_with_retry_after(tmp_path, redis_db):
     other_key = "second-client-key-0123456789"
     keys = [f"tps:{key_digest(TEST_API_KEY)}", f"physics:{key_digest(other_key)}"]
     settings = Settings(data_dir=tmp_path / "data", api_key_sha256=keys, rate_limit_per_minute=3)
+    _wait_for_fresh_window()
     with TestClient(create_app(settings)) as client:
         statuses = [client.get("/v1/jobs", headers=AUTH).status_code for _ in range(4)]
         limited = client.get("/v1/jobs", headers=AUTH)
@@ -100,6 +109,50 @@ def test_rate_limit_per_client_429_with_retry_after(tmp_path, redis_db):
     assert "client tps" in limited.json()["error"]["message"]
     assert other.status_code == 200  # each client has its own window
     assert health.status_code == 200
+
+
+def test_invalid_keys_lock_out_address(tmp_path, redis_db, caplog):
+    settings = Settings(
+        data_dir=tmp_path / "data", api_key_sha256=[key_digest(TEST_API_KEY)], auth_failures_per_minute=3
+    )
+    wrong = {"Authorization": "Bearer wrong-key"}
+    app = create_app(settings)
+    _wait_for_fresh_window()
+    with caplog.at_level("INFO", logger="app.auth"), TestClient(app, client=("192.0.2.7", 40000)) as client:
+        failures = [client.get("/v1/jobs", headers=wrong).status_code for _ in range(3)]
+        locked_valid = client.get("/v1/jobs", headers=AUTH)
+        locked_wrong = client.get("/v1/jobs", headers=wrong)
+        without_key = client.get("/v1/jobs")
+        health = client.get("/healthz")
+    with TestClient(app, client=("192.0.2.8", 40000)) as other_address:
+        other = other_address.get("/v1/jobs", headers=AUTH)
+
+    assert failures == [401, 401, 401]
+    assert locked_valid.status_code == 429
+    assert locked_valid.json()["error"]["code"] == "auth.too_many_failures"
+    assert "address 192.0.2.7" in locked_valid.json()["error"]["message"]
+    assert 1 <= int(locked_valid.headers["retry-after"]) <= 61
+    assert locked_wrong.status_code == 429
+    assert without_key.status_code == 401
+    assert without_key.json()["error"]["code"] == "auth.missing_key"
+    assert health.status_code == 200
+    assert other.status_code == 200
+    assert redis_db.get(f"sats:authfail:192.0.2.7:{int(time.time() // 60)}") == "3"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "app.auth" and r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "address 192.0.2.7 sent 3 invalid API keys" in warnings[0]
+
+
+def test_invalid_key_limit_off(tmp_path, redis_db):
+    settings = Settings(
+        data_dir=tmp_path / "data", api_key_sha256=[key_digest(TEST_API_KEY)], auth_failures_per_minute=0
+    )
+    with TestClient(create_app(settings)) as client:
+        failures = [client.get("/v1/jobs", headers={"Authorization": "Bearer wrong"}).status_code for _ in range(5)]
+        valid = client.get("/v1/jobs", headers=AUTH)
+    assert failures == [401] * 5
+    assert valid.status_code == 200
+    assert redis_db.keys("sats:authfail:*") == []
 
 
 def test_audit_log_names_client_and_route(tmp_path, redis_db, series, caplog):
