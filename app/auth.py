@@ -19,12 +19,13 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import ApiError
+from app.schemas import ErrorBody
 from app.settings import Settings, key_digest
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,16 @@ _bearer = HTTPBearer(auto_error=False, description="An API key configured by the
 
 #: Length of one rate-limit window in seconds.
 RATE_WINDOW_S = 60
+
+#: OpenAPI response of every route that needs a key, for the routers' ``responses``.
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or invalid API key."},
+    429: {
+        "model": ErrorBody,
+        "description": "Too many requests of this client (auth.rate_limited) or too many invalid keys from "
+        "this address (auth.too_many_failures) in the current minute; see the Retry-After header.",
+    },
+}
 
 
 class RateLimited(ApiError):  # noqa: N818 (the gateway answers it with 429)

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.auth import require_api_key
+from app.auth import AUTH_RESPONSES, require_api_key
 from app.dicomweb import multipart_related_body
 from app.errors import ApiError
 from app.ingest import ingest_files
@@ -22,7 +22,9 @@ from app.uploads import receive_stow
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/dicomweb", tags=["dicomweb"], dependencies=[Depends(require_api_key)])
+router = APIRouter(
+    prefix="/dicomweb", tags=["dicomweb"], dependencies=[Depends(require_api_key)], responses=AUTH_RESPONSES
+)
 
 DICOM_JSON = "application/dicom+json"
 
@@ -56,7 +58,6 @@ def _base_url(request: Request, settings: Settings) -> str:
         202: {"description": "Some instances stored, others failed (Failed SOP Sequence lists them)."},
         409: {"description": "No instance stored; the Failed SOP Sequence gives each reason."},
         400: {"model": ErrorBody, "description": "Malformed, empty or truncated body."},
-        401: {"model": ErrorBody, "description": "Missing or invalid API key."},
         413: {"model": ErrorBody, "description": "More bytes or parts than the configured limits."},
         415: {"model": ErrorBody, "description": "Not multipart/related with application/dicom parts."},
     },

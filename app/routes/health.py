@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.auth import require_api_key
+from app.auth import AUTH_RESPONSES, require_api_key
 from app.metrics import registry_for
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ def readyz(request: Request) -> JSONResponse:
     summary="Prometheus metrics: jobs by state, queue depth, live workers, stage durations",
     dependencies=[Depends(require_api_key)],
     response_class=Response,
+    responses=AUTH_RESPONSES,
 )
 def metrics(request: Request) -> Response:
     registry = registry_for(request.app.state.store, request.app.state.settings.queue)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from app.auth import require_api_key
+from app.auth import AUTH_RESPONSES, require_api_key
 from app.errors import ApiError
 from app.ingest import ingest_files
 from app.schemas import ErrorBody, JobList, JobView, UploadFailure, UploadJob, UploadResult
@@ -20,10 +20,9 @@ from app.uploads import receive_upload
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(require_api_key)], responses=AUTH_RESPONSES)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "Missing or invalid API key."},
     404: {"model": ErrorBody, "description": "No such job."},
 }
 
@@ -58,7 +57,6 @@ def _job_or_404(store: JobStore, job_id: str) -> Job:
     summary="Upload a CT series as files or one zip (multipart/form-data)",
     responses={
         400: {"model": ErrorBody, "description": "Empty upload, no CT series, unsafe or invalid zip."},
-        401: _ERRORS[401],
         413: {"model": ErrorBody, "description": "More bytes or files than the configured limits."},
     },
 )
@@ -89,7 +87,7 @@ async def upload_study(
     return JSONResponse(body.model_dump(mode="json"), status_code=status)
 
 
-@router.get("/jobs", response_model=JobList, summary="List jobs, newest first", responses={401: _ERRORS[401]})
+@router.get("/jobs", response_model=JobList, summary="List jobs, newest first")
 def list_jobs(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=500, description="Jobs per page.")] = 50,

@@ -354,6 +354,9 @@ def test_openapi_documents_routes(client):
         assert path in schema["paths"]
     assert "examples" in schema["components"]["schemas"]["JobView"]
     assert "bearer" in str(schema["components"]["securitySchemes"]).lower()
+    for path, method in [("/v1/jobs", "get"), ("/dicomweb/studies", "post"), ("/metrics", "get")]:
+        assert "429" in schema["paths"][path][method]["responses"], f"{method} {path} lacks 429"
+    assert "429" not in schema["paths"]["/healthz"]["get"]["responses"]
 
 
 def test_status_page_served(client):
