@@ -14,6 +14,10 @@ Supported layouts (NIfTI, read with SimpleITK):
 ``openkbp``
     ``ROOT/<split>/pt_N/ct.nii.gz`` and ``structures.nii.gz``; the tumour is the label
     value ``label_value`` (PTV70 = 10).
+
+In the two label-map layouts, ``auxiliary_values`` names further label values whose union
+is an auxiliary structure (for OpenKBP, PTV56 and PTV63 = 8 and 9). Training can learn it
+as a second output beside the tumour.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +53,17 @@ class CaseFiles:
     image: Path
     labels: tuple[Path, ...]
     label_value: int | None = 1
+    auxiliary_values: tuple[int, ...] = ()
 
 
 @dataclass
 class LoadedCase:
-    """A case read from disk: CT in HU and binary tumour mask on the CT grid."""
+    """A case read from disk: CT in HU, binary tumour mask and optional auxiliary mask on the CT grid."""
 
     case_id: str
     ct: sitk.Image
     mask: sitk.Image
+    auxiliary: sitk.Image | None = None
 
 
 def _sorted_dirs(path: Path) -> list[Path]:
@@ -87,6 +93,7 @@ def discover(
     split: str,
     label_value: int | None = None,
     structures: Sequence[str] = DEFAULT_SEGRAP_STRUCTURES,
+    auxiliary_values: Sequence[int] = (),
 ) -> list[CaseFiles]:
     """List the cases of ``root`` in ``layout``.
 
@@ -103,16 +110,25 @@ def discover(
         Voxel value of the tumour (``nnunet`` default 1, ``openkbp`` default 10).
     structures
         SegRap2023 label files to unite.
+    auxiliary_values
+        Label values whose union is the auxiliary structure (label-map layouts only).
 
     Raises
     ------
     InputError
-        If the folder or a case's label is missing, or no case is found.
+        If the folder or a case's label is missing, no case is found, or auxiliary values
+        are given for SegRap2023 or include the tumour's label value.
     """
     if layout not in LAYOUTS:
         raise InputError(f"dataset layout must be one of {LAYOUTS}, got {layout!r}", code="data.layout")
     if not root.is_dir():
         raise InputError(f"dataset folder not found: {root}", code="data.not_found")
+    auxiliary = tuple(int(value) for value in auxiliary_values)
+    if auxiliary and layout == "segrap":
+        raise InputError(
+            f"auxiliary label values {list(auxiliary)} need a label-map layout (nnunet or openkbp), not segrap",
+            code="data.auxiliary",
+        )
     if layout == "nnunet":
         cases = _discover_nnunet(root, split, resolve_label_value(layout, label_value))
     elif layout == "openkbp":
@@ -121,6 +137,14 @@ def discover(
         cases = _discover_segrap(root, structures)
     if not cases:
         raise InputError(f"no cases found in {root} for layout {layout!r} split {split!r}", code="data.empty")
+    if auxiliary:
+        tumour_value = resolve_label_value(layout, label_value)
+        if tumour_value in auxiliary:
+            raise InputError(
+                f"auxiliary label values {list(auxiliary)} include the tumour's label value {tumour_value}",
+                code="data.auxiliary",
+            )
+        cases = [replace(case, auxiliary_values=auxiliary) for case in cases]
     return cases
 
 
@@ -183,6 +207,9 @@ def _discover_segrap(root: Path, structures: Sequence[str]) -> list[CaseFiles]:
 def load_case(files: CaseFiles) -> LoadedCase:
     """Read a case; the mask is the union of the label files (value ``label_value`` or > 0).
 
+    With ``auxiliary_values``, the auxiliary mask is the union of those values in the same
+    label files.
+
     Raises
     ------
     InputError
@@ -190,6 +217,7 @@ def load_case(files: CaseFiles) -> LoadedCase:
     """
     ct = sitk.ReadImage(str(files.image), sitk.sitkFloat32)
     union: np.ndarray | None = None
+    auxiliary: np.ndarray | None = None
     for path in files.labels:
         label = sitk.ReadImage(str(path))
         if label.GetSize() != ct.GetSize() or not np.allclose(label.GetSpacing(), ct.GetSpacing(), atol=1e-3):
@@ -201,20 +229,37 @@ def load_case(files: CaseFiles) -> LoadedCase:
         values = sitk.GetArrayFromImage(label)
         part = values == files.label_value if files.label_value is not None else values > 0
         union = part if union is None else union | part
+        if files.auxiliary_values:
+            extra = np.isin(values, files.auxiliary_values)
+            auxiliary = extra if auxiliary is None else auxiliary | extra
     assert union is not None
-    mask = sitk.GetImageFromArray(union.astype(np.uint8))
-    mask.CopyInformation(ct)
-    return LoadedCase(files.case_id, ct, mask)
+    return LoadedCase(
+        files.case_id,
+        ct,
+        _image_like(union, ct),
+        None if auxiliary is None else _image_like(auxiliary, ct),
+    )
+
+
+def _image_like(mask: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.CopyInformation(reference)
+    return image
 
 
 @dataclass
 class PreparedCase:
-    """A case in the symmetric frame, cropped to the body: HU and binary mask, ``(D, H, W)``."""
+    """A case in the symmetric frame, cropped to the body, as ``(D, H, W)`` arrays.
+
+    ``image_hu`` is in HU (or normalised, after :func:`model.train.normalize_cases`),
+    ``mask`` the binary tumour mask and ``auxiliary`` the optional binary auxiliary mask.
+    """
 
     case_id: str
     image_hu: np.ndarray
     mask: np.ndarray
     info: dict[str, object] = field(default_factory=dict)
+    auxiliary: np.ndarray | None = None
 
 
 def prepare_case(
@@ -222,17 +267,22 @@ def prepare_case(
 ) -> PreparedCase:
     """Symmetrize, resample and body-crop a case exactly as inference does.
 
-    The mask is resampled with linear interpolation and thresholded at 0.5.
+    The masks are resampled with linear interpolation and thresholded at 0.5.
     """
     symmetric: SymmetricVolume = symmetrize(case.ct, spacing_dhw_mm, mode=mode, atlas=atlas)
     image = to_array(symmetric.image)
-    mask_sym = to_array(resample_into(case.mask, symmetric.image, symmetric.transform, default=0.0))
     box = body_crop(image)
+
+    def resample_mask(mask: sitk.Image) -> np.ndarray:
+        resampled = to_array(resample_into(mask, symmetric.image, symmetric.transform, default=0.0))
+        return (resampled[box.slices] >= 0.5).astype(np.uint8)
+
     return PreparedCase(
         case_id=case.case_id,
         image_hu=image[box.slices].astype(np.int16),
-        mask=(mask_sym[box.slices] >= 0.5).astype(np.uint8),
+        mask=resample_mask(case.mask),
         info={"input_spacing_dhw": spacing_dhw(case.ct), "metric": symmetric.metric},
+        auxiliary=None if case.auxiliary is None else resample_mask(case.auxiliary),
     )
 
 
@@ -243,18 +293,22 @@ PREPARATION_VERSION = 2
 
 
 def cache_key(files: CaseFiles, spacing_dhw_mm: Sequence[float], mode: str, atlas_sha256: str | None) -> str:
-    """Return a stable key for a prepared case, changing with every preprocessing input."""
-    description = json.dumps(
-        {
-            "files": [str(files.image), *map(str, files.labels)],
-            "label": files.label_value,
-            "spacing": list(map(float, spacing_dhw_mm)),
-            "mode": mode,
-            "atlas": atlas_sha256,
-            "version": PREPARATION_VERSION,
-        },
-        sort_keys=True,
-    )
+    """Return a stable key for a prepared case, changing with every preprocessing input.
+
+    Without auxiliary values the key is the one that code without them computed, so
+    existing caches stay valid.
+    """
+    inputs: dict[str, Any] = {
+        "files": [str(files.image), *map(str, files.labels)],
+        "label": files.label_value,
+        "spacing": list(map(float, spacing_dhw_mm)),
+        "mode": mode,
+        "atlas": atlas_sha256,
+        "version": PREPARATION_VERSION,
+    }
+    if files.auxiliary_values:
+        inputs["auxiliary"] = list(files.auxiliary_values)
+    description = json.dumps(inputs, sort_keys=True)
     return hashlib.sha256(description.encode()).hexdigest()[:16]
 
 
@@ -270,10 +324,14 @@ def prepare_cached(
     path = cache_dir / f"{files.case_id}-{cache_key(files, spacing_dhw_mm, mode, atlas_sha256)}.npz"
     if path.is_file():
         with np.load(path) as stored:
-            return PreparedCase(files.case_id, stored["image_hu"], stored["mask"])
+            auxiliary = stored["auxiliary"] if "auxiliary" in stored.files else None
+            return PreparedCase(files.case_id, stored["image_hu"], stored["mask"], auxiliary=auxiliary)
     prepared = prepare_case(load_case(files), spacing_dhw_mm, mode, atlas)
     cache_dir.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp.npz")
-    np.savez_compressed(temporary, image_hu=prepared.image_hu, mask=prepared.mask)
+    if prepared.auxiliary is None:
+        np.savez_compressed(temporary, image_hu=prepared.image_hu, mask=prepared.mask)
+    else:
+        np.savez_compressed(temporary, image_hu=prepared.image_hu, mask=prepared.mask, auxiliary=prepared.auxiliary)
     temporary.replace(path)
     return prepared

@@ -254,6 +254,8 @@ class SiameseOutput:
     logits_flipped: torch.Tensor
     embedding: torch.Tensor | None
     embedding_flipped: torch.Tensor | None
+    auxiliary_logits: torch.Tensor | None = None
+    auxiliary_logits_flipped: torch.Tensor | None = None
 
 
 class SATsNetwork(nn.Module):
@@ -267,11 +269,15 @@ class SATsNetwork(nn.Module):
         ``"head"``: projection head on the last decoder features (full SATs).
         ``"features"``: unit-normalised decoder features without a head (ablation).
         ``"none"``: segmentation only (stage 1 and the plain network).
+    auxiliary_output
+        Add a 1x1x1 convolution beside the tumour output that predicts the auxiliary
+        structure from the same decoder features. Like the head, it is used in training
+        only and is not part of the saved encoder-decoder.
     """
 
     EMBEDDINGS = ("head", "features", "none")
 
-    def __init__(self, config: NetworkConfig, embedding: str = "none") -> None:
+    def __init__(self, config: NetworkConfig, embedding: str = "none", auxiliary_output: bool = False) -> None:
         super().__init__()
         if embedding not in self.EMBEDDINGS:
             raise ValueError(f"embedding must be one of {self.EMBEDDINGS}, got {embedding!r}")
@@ -280,10 +286,16 @@ class SATsNetwork(nn.Module):
         self.head = (
             ProjectionHead(self.unet.feature_channels, config.embedding_channels) if embedding == "head" else None
         )
+        self.auxiliary = nn.Conv3d(self.unet.feature_channels, 1, 1) if auxiliary_output else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return tumour logits; inference needs only the encoder-decoder."""
         return self.unet(x)
+
+    def segment(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return tumour logits and auxiliary logits (None without the auxiliary output), each ``(N, 1, D, H, W)``."""
+        logits, features = self.unet.forward_features(x)
+        return logits, None if self.auxiliary is None else self.auxiliary(features)
 
     def _embed(self, features: torch.Tensor) -> torch.Tensor | None:
         if self.embedding_kind == "head":
@@ -309,11 +321,14 @@ class SATsNetwork(nn.Module):
         batch = x.shape[0]
         logits, features = self.unet.forward_features(torch.cat([x, x_flipped], dim=0))
         embedding = self._embed(features)
+        auxiliary = None if self.auxiliary is None else self.auxiliary(features)
         return SiameseOutput(
             logits=logits[:batch],
             logits_flipped=logits[batch:],
             embedding=None if embedding is None else embedding[:batch],
             embedding_flipped=None if embedding is None else embedding[batch:],
+            auxiliary_logits=None if auxiliary is None else auxiliary[:batch],
+            auxiliary_logits_flipped=None if auxiliary is None else auxiliary[batch:],
         )
 
 

@@ -1,8 +1,9 @@
 """Patch sampling and symmetry-preserving augmentation for training.
 
 Each sample is a pair: a patch of the symmetric-frame volume and the patch at the same
-index range of the volume flipped along W (the mirror image), with both label patches.
-Arrays are ``(D, H, W)``; batches are ``(N, 1, D, H, W)`` tensors.
+index range of the volume flipped along W (the mirror image), with both label patches
+(and both auxiliary-mask patches when the cases have one). Arrays are ``(D, H, W)``;
+batches are ``(N, 1, D, H, W)`` tensors.
 
 Augmentations keep the left-right symmetry that the margin loss relies on. A transform
 is allowed when it commutes with the mirror across the mid-sagittal plane:
@@ -32,12 +33,17 @@ from model.data import PreparedCase
 
 @dataclass
 class PairBatch:
-    """A training batch: volume patches, mirrored patches and their masks, ``(N, 1, D, H, W)``."""
+    """A training batch: volume patches, mirrored patches and their masks, ``(N, 1, D, H, W)``.
+
+    The auxiliary masks are None unless every case has an auxiliary mask.
+    """
 
     image: torch.Tensor
     image_mirrored: torch.Tensor
     mask: torch.Tensor
     mask_mirrored: torch.Tensor
+    auxiliary: torch.Tensor | None = None
+    auxiliary_mirrored: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,8 @@ class PatchSampler:
     Parameters
     ----------
     cases
-        Prepared cases; ``image`` must already be normalised float32.
+        Prepared cases; ``image`` must already be normalised float32. Either all or none
+        have an auxiliary mask.
     patch_size
         ``(D, H, W)`` patch size in voxels.
     foreground_fraction
@@ -79,21 +86,27 @@ class PatchSampler:
     ) -> None:
         if not cases:
             raise ValueError("the patch sampler needs at least one case")
+        with_auxiliary = [case.auxiliary is not None for case in cases]
+        if any(with_auxiliary) and not all(with_auxiliary):
+            missing = [case.case_id for case in cases if case.auxiliary is None]
+            raise ValueError(f"cases {missing} have no auxiliary mask, but others have one")
+        self.has_auxiliary = all(with_auxiliary)
         self.patch = [int(p) for p in patch_size]
         self.foreground_fraction = foreground_fraction
         self.rng = rng
         self.volumes = []
         for case in cases:
-            image, mask = self._pad(case.image_hu.astype(np.float32), case.mask)
+            image = self._pad(case.image_hu.astype(np.float32), fill=float(case.image_hu.min()))
+            mask = self._pad(case.mask, fill=0)
+            auxiliary = None if case.auxiliary is None else self._pad(case.auxiliary, fill=0)
             foreground = np.argwhere(mask > 0)
-            self.volumes.append((image, mask, foreground))
+            self.volumes.append((image, mask, auxiliary, foreground))
 
-    def _pad(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pad = [(0, max(0, p - s)) for p, s in zip(self.patch, image.shape, strict=True)]
+    def _pad(self, volume: np.ndarray, fill: float) -> np.ndarray:
+        pad = [(0, max(0, p - s)) for p, s in zip(self.patch, volume.shape, strict=True)]
         extra_w = pad[2][1]
         pad[2] = (extra_w // 2, extra_w - extra_w // 2)  # equal on both sides keeps the centre plane
-        fill = float(image.min())
-        return np.pad(image, pad, constant_values=fill), np.pad(mask, pad, constant_values=0)
+        return np.pad(volume, pad, constant_values=fill)
 
     def _start(self, shape: Sequence[int], foreground: np.ndarray, centred: bool) -> list[int]:
         if centred and len(foreground):
@@ -107,8 +120,9 @@ class PatchSampler:
         """Return one batch of patch pairs (before augmentation)."""
         foreground_count = math.ceil(batch_size * self.foreground_fraction)
         images, mirrored_images, masks, mirrored_masks = [], [], [], []
+        auxiliaries, mirrored_auxiliaries = [], []
         for index in range(batch_size):
-            image, mask, foreground = self.volumes[int(self.rng.integers(len(self.volumes)))]
+            image, mask, auxiliary, foreground = self.volumes[int(self.rng.integers(len(self.volumes)))]
             start = self._start(image.shape, foreground, index >= batch_size - foreground_count)
             region = tuple(slice(s, s + p) for s, p in zip(start, self.patch, strict=True))
             images.append(image[region])
@@ -116,11 +130,21 @@ class PatchSampler:
             # The same index range of the mirrored volume: voxel v shows the mirror of v.
             mirrored_images.append(image[..., ::-1][region])
             mirrored_masks.append(mask[..., ::-1][region])
+            if auxiliary is not None:
+                auxiliaries.append(auxiliary[region])
+                mirrored_auxiliaries.append(auxiliary[..., ::-1][region])
 
         def stack(arrays: list[np.ndarray]) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(np.stack(arrays)[:, None], dtype=np.float32))
 
-        return PairBatch(stack(images), stack(mirrored_images), stack(masks), stack(mirrored_masks))
+        return PairBatch(
+            stack(images),
+            stack(mirrored_images),
+            stack(masks),
+            stack(mirrored_masks),
+            stack(auxiliaries) if self.has_auxiliary else None,
+            stack(mirrored_auxiliaries) if self.has_auxiliary else None,
+        )
 
 
 def _spatial_grid(
@@ -151,13 +175,25 @@ def _spatial_grid(
 
 
 def augment(batch: PairBatch, config: AugmentationConfig, rng: np.random.Generator) -> PairBatch:
-    """Apply the symmetry-preserving augmentations to both branches alike."""
+    """Apply the symmetry-preserving augmentations to both branches alike.
+
+    The auxiliary masks, when present, get the same mirror swap and spatial transform as
+    the tumour masks.
+    """
     image, image_m, mask, mask_m = batch.image, batch.image_mirrored, batch.mask, batch.mask_mirrored
     n = image.shape[0]
+    # All binary masks of a pair travel together as channels: tumour, tumour mirrored,
+    # then auxiliary and auxiliary mirrored when present.
+    labels = [mask, mask_m]
+    if batch.auxiliary is not None and batch.auxiliary_mirrored is not None:
+        labels += [batch.auxiliary, batch.auxiliary_mirrored]
+    label_stack = torch.cat(labels, dim=1)
 
     swap = torch.tensor(rng.random(n) < config.mirror_probability).view(n, 1, 1, 1, 1)
     image, image_m = torch.where(swap, image_m, image), torch.where(swap, image, image_m)
-    mask, mask_m = torch.where(swap, mask_m, mask), torch.where(swap, mask, mask_m)
+    # Swapping the branches swaps each mask with its mirror: channel order 1, 0, 3, 2.
+    swapped_order = [i ^ 1 for i in range(label_stack.shape[1])]
+    label_stack = torch.where(swap, label_stack[:, swapped_order], label_stack)
 
     grid = _spatial_grid(n, image.shape[2:], config, rng)
     if grid is not None:
@@ -166,8 +202,11 @@ def augment(batch: PairBatch, config: AugmentationConfig, rng: np.random.Generat
         stacked = torch.cat([image - fill, image_m - fill], dim=1)
         stacked = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         image, image_m = stacked[:, :1] + fill, stacked[:, 1:] + fill
-        masks = F.grid_sample(torch.cat([mask, mask_m], dim=1), grid, mode="bilinear", align_corners=False)
-        mask, mask_m = (masks[:, :1] >= 0.5).float(), (masks[:, 1:] >= 0.5).float()
+        label_stack = F.grid_sample(label_stack, grid, mode="bilinear", align_corners=False)
+        label_stack = (label_stack >= 0.5).float()
+    mask, mask_m = label_stack[:, 0:1], label_stack[:, 1:2]
+    auxiliary = label_stack[:, 2:3].contiguous() if label_stack.shape[1] == 4 else None
+    auxiliary_m = label_stack[:, 3:4].contiguous() if label_stack.shape[1] == 4 else None
 
     for i in range(n):
         if rng.random() >= config.intensity_probability:
@@ -183,4 +222,6 @@ def augment(batch: PairBatch, config: AugmentationConfig, rng: np.random.Generat
         pair = ((pair - low) / span) ** gamma * span + low
         pair = pair * brightness
         image[i], image_m[i] = pair[0], pair[1]
-    return PairBatch(image.contiguous(), image_m.contiguous(), mask.contiguous(), mask_m.contiguous())
+    return PairBatch(
+        image.contiguous(), image_m.contiguous(), mask.contiguous(), mask_m.contiguous(), auxiliary, auxiliary_m
+    )

@@ -5,6 +5,10 @@ margin loss: with a projection head (full SATs, ``embedding="head"``), directly 
 unit-normalised decoder features (``"features"``), or not at all (``"none"``, the plain
 network trained for the same budget). Both stages use SGD with Nesterov momentum and
 poly learning-rate decay, (1 - epoch / epochs) ** 0.9.
+
+With ``auxiliary_labels``, a 1x1x1 output beside the tumour output also learns the union
+of those label values (for OpenKBP, the lower-dose targets PTV56 and PTV63), with its own
+Dice + BCE weighted by ``auxiliary_weight``. It is used in training only.
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ from model.errors import InputError, SymmetrizationError
 from model.inference import autocast_context, autocast_dtype, sliding_window_probabilities
 from model.losses import asymmetry_mask, margin_loss, segmentation_loss
 from model.metrics import dice_coefficient
-from model.network import NetworkConfig, SATsNetwork
+from model.network import NetworkConfig, SATsNetwork, SiameseOutput
 from model.preprocess import IntensityNormalization
-from model.sampling import AugmentationConfig, PatchSampler, augment
+from model.sampling import AugmentationConfig, PairBatch, PatchSampler, augment
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +82,8 @@ class TrainConfig:
     margin: float = 1.0
     beta: float = 1.0
     foreground_fraction: float = 0.33
+    auxiliary_labels: tuple[int, ...] = ()
+    auxiliary_weight: float = 1.0
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     validate_every: int = 1
     seed: int = 12345
@@ -126,8 +132,16 @@ def split_cases(config: TrainConfig) -> tuple[list[CaseFiles], list[CaseFiles]]:
     With ``validation_split`` the validation cases come from that split; otherwise the
     last ``validation_fraction`` of the sorted training cases are held out.
     """
-    train = discover(config.data_root, config.layout, config.train_split, config.label_value, config.structures)
+    train = discover(
+        config.data_root,
+        config.layout,
+        config.train_split,
+        config.label_value,
+        config.structures,
+        config.auxiliary_labels,
+    )
     if config.validation_split:
+        # Validation scores the tumour only, so it needs no auxiliary masks.
         validation = discover(
             config.data_root, config.layout, config.validation_split, config.label_value, config.structures
         )
@@ -182,9 +196,14 @@ def normalize_cases(cases: list[PreparedCase], normalization: IntensityNormaliza
 
 
 def _optimizer(model: SATsNetwork, stage: int, config: TrainConfig) -> torch.optim.SGD:
+    auxiliary = [] if model.auxiliary is None else list(model.auxiliary.parameters())
     if stage == 1:
         groups = [
-            {"params": list(model.unet.parameters()), "lr": config.learning_rate, "initial_lr": config.learning_rate}
+            {
+                "params": list(model.unet.parameters()) + auxiliary,
+                "lr": config.learning_rate,
+                "initial_lr": config.learning_rate,
+            }
         ]
     else:
         groups = [
@@ -194,10 +213,13 @@ def _optimizer(model: SATsNetwork, stage: int, config: TrainConfig) -> torch.opt
                 "initial_lr": config.stage2_backbone_learning_rate,
             }
         ]
-        if model.head is not None:
+        # The head and the auxiliary output may start untrained in stage 2, so both get
+        # the head's learning rate.
+        new_outputs = (list(model.head.parameters()) if model.head is not None else []) + auxiliary
+        if new_outputs:
             groups.append(
                 {
-                    "params": list(model.head.parameters()),
+                    "params": new_outputs,
                     "lr": config.head_learning_rate,
                     "initial_lr": config.head_learning_rate,
                 }
@@ -232,12 +254,16 @@ class Trainer:
         divisor = config.network.divisor
         if any(p % d for p, d in zip(config.patch_size, divisor, strict=True)):
             raise InputError(f"patch size {config.patch_size} must be a multiple of {divisor} (D, H, W)")
+        if config.auxiliary_weight < 0:
+            raise InputError(f"auxiliary weight must be 0 or more, got {config.auxiliary_weight}")
         self.config = config
         self.on_step = on_step
         self.device = resolve_device(config.device)
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
-        self.model = SATsNetwork(config.network, embedding=config.embedding).to(self.device)
+        self.model = SATsNetwork(
+            config.network, embedding=config.embedding, auxiliary_output=bool(config.auxiliary_labels)
+        ).to(self.device)
         self.stage = 1
         self.epoch = 0
         self.best_dsc = -1.0
@@ -336,10 +362,15 @@ class Trainer:
         mask, mask_m = batch.mask.to(self.device), batch.mask_mirrored.to(self.device)
         with autocast_context(self.device, config.mixed_precision):
             if self.stage == 1:
-                loss = segmentation_loss(self.model.unet(image), mask)
+                logits, auxiliary_logits = self.model.segment(image)
+                loss = segmentation_loss(logits, mask)
+                if auxiliary_logits is not None and batch.auxiliary is not None:
+                    auxiliary = batch.auxiliary.to(self.device)
+                    loss = loss + config.auxiliary_weight * segmentation_loss(auxiliary_logits, auxiliary)
             else:
                 output = self.model.siamese(image, image_m)
                 loss = (segmentation_loss(output.logits, mask) + segmentation_loss(output.logits_flipped, mask_m)) / 2
+                loss = loss + config.auxiliary_weight * self._auxiliary_loss(output, batch)
                 if output.embedding is not None and output.embedding_flipped is not None:
                     asymmetry = asymmetry_mask(mask, mask_m)
                     loss = loss + config.beta * margin_loss(
@@ -352,6 +383,22 @@ class Trainer:
         self.scaler.step(self.optimizer)  # skipped when a gradient overflowed
         self.scaler.update()
         return float(loss.detach())
+
+    def _auxiliary_loss(self, output: SiameseOutput, batch: PairBatch) -> torch.Tensor:
+        """Return the mean Dice + BCE of both branches' auxiliary outputs, or 0 without them."""
+        if (
+            output.auxiliary_logits is None
+            or output.auxiliary_logits_flipped is None
+            or batch.auxiliary is None
+            or batch.auxiliary_mirrored is None
+        ):
+            return torch.zeros((), device=self.device)
+        auxiliary = batch.auxiliary.to(self.device)
+        auxiliary_m = batch.auxiliary_mirrored.to(self.device)
+        return (
+            segmentation_loss(output.auxiliary_logits, auxiliary)
+            + segmentation_loss(output.auxiliary_logits_flipped, auxiliary_m)
+        ) / 2
 
     def _set_learning_rates(self, epochs: int) -> None:
         for group in self.optimizer.param_groups:

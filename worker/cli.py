@@ -76,6 +76,13 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         default="GTVp,GTVnd",
         help="SegRap2023 label files to unite, comma-separated (default: GTVp,GTVnd)",
     )
+    data.add_argument(
+        "--auxiliary-labels",
+        type=_int_tuple,
+        default=(),
+        help="label values, comma-separated, whose union a second training-only output learns beside the "
+        "tumour, e.g. 8,9 (PTV56, PTV63) for openkbp; nnunet and openkbp layouts only (default: none)",
+    )
     data.add_argument("--max-cases", type=int, default=None, help="use only the first N training cases (for trials)")
     data.add_argument(
         "--cache-dir", type=Path, default=None, help="folder for preprocessed cases (default: OUTPUT/cache)"
@@ -156,6 +163,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "embeddings are at most 2 apart (default 1.0; the paper's 20 never saturates)",
     )
     loss.add_argument("--beta", type=float, default=1.0, help="weight of the margin loss (default 1.0)")
+    loss.add_argument(
+        "--auxiliary-weight",
+        type=float,
+        default=1.0,
+        help="weight of the auxiliary output's Dice + BCE, with --auxiliary-labels (default 1.0)",
+    )
 
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--output", type=Path, required=True, help="run folder for checkpoints and logs")
@@ -216,6 +229,8 @@ def _run_train(args: argparse.Namespace) -> int:
         embedding=args.embedding,
         margin=args.margin,
         beta=args.beta,
+        auxiliary_labels=args.auxiliary_labels,
+        auxiliary_weight=args.auxiliary_weight,
         validate_every=args.validate_every,
         seed=args.seed,
         mixed_precision=not args.no_mixed_precision,

@@ -1,8 +1,11 @@
+import hashlib
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from model.data import discover, load_case, target_definition
+from model.data import PREPARATION_VERSION, cache_key, discover, load_case, target_definition
 from model.errors import InputError
 
 
@@ -57,6 +60,62 @@ def test_openkbp_layout_label_value(tmp_path):
     case = discover(tmp_path, "openkbp", "train")[0]
     assert case.label_value == 10
     assert sitk.GetArrayFromImage(load_case(case).mask).sum() == 9
+
+
+def write_openkbp_case(root):
+    structures = np.zeros((3, 3, 3), dtype=np.uint8)
+    structures[0] = 10
+    structures[1] = 9
+    structures[2, 0] = 8
+    write_volume(root / "train" / "pt_1" / "ct.nii.gz", np.zeros((3, 3, 3), dtype=np.int16))
+    write_volume(root / "train" / "pt_1" / "structures.nii.gz", structures)
+
+
+def test_openkbp_auxiliary_unites_values(tmp_path):
+    write_openkbp_case(tmp_path)
+    case = discover(tmp_path, "openkbp", "train", auxiliary_values=(8, 9))[0]
+    loaded = load_case(case)
+    assert case.auxiliary_values == (8, 9)
+    assert loaded.auxiliary is not None
+    assert sitk.GetArrayFromImage(loaded.mask).sum() == 9
+    assert sitk.GetArrayFromImage(loaded.auxiliary).sum() == 9 + 3
+    assert loaded.auxiliary.GetSpacing() == loaded.ct.GetSpacing()
+
+
+def test_no_auxiliary_by_default(tmp_path):
+    write_openkbp_case(tmp_path)
+    assert load_case(discover(tmp_path, "openkbp", "train")[0]).auxiliary is None
+
+
+def test_auxiliary_with_tumour_value_rejected(tmp_path):
+    write_openkbp_case(tmp_path)
+    with pytest.raises(InputError, match="include the tumour's label value 10"):
+        discover(tmp_path, "openkbp", "train", auxiliary_values=(9, 10))
+
+
+def test_auxiliary_for_segrap_rejected(tmp_path):
+    with pytest.raises(InputError, match="need a label-map layout"):
+        discover(tmp_path, "segrap", "", auxiliary_values=(2,))
+
+
+def test_cache_key_unchanged_without_auxiliary(tmp_path):
+    write_openkbp_case(tmp_path)
+    case = discover(tmp_path, "openkbp", "train")[0]
+    # The key that code without auxiliary masks computed, so caches made before stay valid.
+    earlier = json.dumps(
+        {
+            "files": [str(case.image), str(case.labels[0])],
+            "label": 10,
+            "spacing": [3.0, 4.0, 4.0],
+            "mode": "atlas",
+            "atlas": "abc",
+            "version": PREPARATION_VERSION,
+        },
+        sort_keys=True,
+    )
+    assert cache_key(case, (3, 4, 4), "atlas", "abc") == hashlib.sha256(earlier.encode()).hexdigest()[:16]
+    with_auxiliary = discover(tmp_path, "openkbp", "train", auxiliary_values=(8, 9))[0]
+    assert cache_key(with_auxiliary, (3, 4, 4), "atlas", "abc") != cache_key(case, (3, 4, 4), "atlas", "abc")
 
 
 def test_target_definition_resolves_layout_defaults():

@@ -108,3 +108,29 @@ def test_siamese_none_mode_has_no_embedding():
 def test_unknown_embedding_rejected():
     with pytest.raises(ValueError, match="'projection'"):
         SATsNetwork(TINY, embedding="projection")
+
+
+def test_auxiliary_output_per_branch():
+    torch.manual_seed(0)
+    network = SATsNetwork(TINY, embedding="head", auxiliary_output=True).eval()
+    volume = torch.randn(1, 1, 16, 32, 32)
+    mirrored = torch.flip(volume, dims=(-1,))
+    output = network.siamese(volume, mirrored)
+    assert network.auxiliary is not None
+    _, features = network.unet.forward_features(mirrored)
+    assert output.auxiliary_logits is not None
+    assert output.auxiliary_logits.shape == (1, 1, 16, 32, 32)
+    assert torch.allclose(output.auxiliary_logits_flipped, network.auxiliary(features), atol=1e-5)
+    logits, auxiliary = network.segment(volume)
+    assert torch.allclose(logits, output.logits, atol=1e-5)
+    assert torch.allclose(auxiliary, output.auxiliary_logits, atol=1e-5)
+
+
+def test_auxiliary_output_not_in_unet():
+    zeros = torch.zeros(1, 1, 16, 32, 32)
+    network = SATsNetwork(TINY, embedding="none", auxiliary_output=True)
+    assert not any(name.startswith("auxiliary") for name in network.unet.state_dict())
+    assert "auxiliary.weight" in network.state_dict()
+    assert network.segment(zeros)[1] is not None
+    assert SATsNetwork(TINY).segment(zeros)[1] is None
+    assert SATsNetwork(TINY).siamese(zeros, zeros).auxiliary_logits is None

@@ -1,11 +1,13 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
-from model.checkpoint import sha256_file
+from model.checkpoint import load_model, sha256_file
+from model.errors import InputError
 from model.network import NetworkConfig
 from model.sampling import AugmentationConfig
 from model.synthetic import make_phantom
@@ -140,3 +142,64 @@ def test_loss_scaling_leaves_updates_unchanged(phantom_dataset, tmp_path):
             assert trainer.scaler.get_scale() == scale
     for name, plain in weights[0].items():
         assert torch.allclose(weights[1][name], plain, rtol=1e-5, atol=1e-7), name
+
+
+@pytest.fixture(scope="module")
+def auxiliary_dataset(phantom_dataset, tmp_path_factory):
+    """The phantoms with label 2, an auxiliary structure, at the lesion's mirror position."""
+    root = tmp_path_factory.mktemp("auxiliary")
+    (root / "imagesTr").symlink_to(phantom_dataset / "imagesTr")
+    (root / "labelsTr").mkdir()
+    for path in sorted((phantom_dataset / "labelsTr").glob("*.nii.gz")):
+        lesion = sitk.ReadImage(str(path))
+        labels = sitk.GetArrayFromImage(lesion)  # (z, y, x); x runs left-right
+        labels[(labels[..., ::-1] > 0) & (labels == 0)] = 2
+        image = sitk.GetImageFromArray(labels)
+        image.CopyInformation(lesion)
+        sitk.WriteImage(image, str(root / "labelsTr" / path.name))
+    return root
+
+
+def test_auxiliary_output_trains_in_both_stages(auxiliary_dataset, tmp_path):
+    output = tmp_path / "run"
+    config = config_for(auxiliary_dataset, output, stage1_epochs=1, auxiliary_labels=(2,))
+    trainer = Trainer(config)
+    assert trainer.model.auxiliary is not None
+    initial = trainer.model.auxiliary.weight.detach().clone()
+    trainer.run(stages=(1, 2))
+
+    assert [(int(r["stage"]), int(r["epoch"])) for r in read_log(output)] == [(1, 1), (2, 1)]
+    assert not torch.equal(trainer.model.auxiliary.weight.detach(), initial)
+    state = torch.load(output / "state.pt", weights_only=True)
+    assert "auxiliary.weight" in state["model"]
+    metadata = json.loads((output / "final.json").read_text())
+    assert metadata["training"]["auxiliary_labels"] == [2]
+    # The saved model is the encoder-decoder alone and loads like any other.
+    unet, _ = load_model(output / "final.safetensors")
+    assert not any("auxiliary" in name for name in unet.state_dict())
+    cached = [np.load(path) for path in sorted((output / "cache").glob("*.npz"))]
+    assert any("auxiliary" in stored.files and stored["auxiliary"].sum() > 0 for stored in cached)
+
+
+def test_auxiliary_weight_adds_to_loss(auxiliary_dataset, tmp_path):
+    losses = {}
+    for weight in (0.0, 1.0):
+        output = tmp_path / f"weight-{weight}"
+        config = config_for(
+            auxiliary_dataset,
+            output,
+            stage1_epochs=1,
+            iterations_per_epoch=1,
+            cache_dir=tmp_path / "cache",
+            auxiliary_labels=(2,),
+            auxiliary_weight=weight,
+        )
+        Trainer(config).run(stages=(1,))
+        losses[weight] = float(read_log(output)[0]["loss"])
+    # Same seed, same first batch and same initial weights: only the auxiliary term differs.
+    assert losses[1.0] > losses[0.0] + 0.1
+
+
+def test_negative_auxiliary_weight_rejected(auxiliary_dataset, tmp_path):
+    with pytest.raises(InputError, match="auxiliary weight must be 0 or more, got -1"):
+        Trainer(config_for(auxiliary_dataset, tmp_path, auxiliary_labels=(2,), auxiliary_weight=-1.0))

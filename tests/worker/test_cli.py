@@ -150,3 +150,10 @@ def test_api_key_digest_matches(capsys):
     digest = lines[1].split()[-1]
     assert len(key) >= 40
     assert digest == key_digest(key)
+
+
+def test_train_parses_auxiliary_labels():
+    args = build_parser().parse_args(["train", "data", "-o", "run", "--auxiliary-labels", "8,9"])
+    assert args.auxiliary_labels == (8, 9)
+    assert args.auxiliary_weight == 1.0
+    assert build_parser().parse_args(["train", "data", "-o", "run"]).auxiliary_labels == ()
