@@ -67,6 +67,12 @@ def client_for_key(key: str, clients: list[tuple[str, str]]) -> str | None:
     return found
 
 
+def _current_window() -> tuple[float, int]:
+    """Return the time now and the index of the fixed rate-limit window it falls in."""
+    now = time.time()
+    return now, int(now // RATE_WINDOW_S)
+
+
 def _retry_after_s(window: int, now: float) -> int:
     """Return the whole seconds until ``window`` ends, at least 1."""
     return max(1, int((window + 1) * RATE_WINDOW_S - now) + 1)
@@ -95,8 +101,7 @@ def _check_failures(request: Request, address: str, settings: Settings) -> None:
     limit = settings.auth_failures_per_minute
     if limit == 0:
         return
-    now = time.time()
-    window = int(now // RATE_WINDOW_S)
+    now, window = _current_window()
     failures = request.app.state.store.redis.get(_failures_key(address, window))
     if failures is not None and int(failures) >= limit:
         retry_after = _retry_after_s(window, now)
@@ -112,7 +117,8 @@ def _record_failure(request: Request, address: str, settings: Settings) -> None:
     limit = settings.auth_failures_per_minute
     if limit == 0:
         return
-    count = _count(request, _failures_key(address, int(time.time() // RATE_WINDOW_S)))
+    _, window = _current_window()
+    count = _count(request, _failures_key(address, window))
     if count == limit:  # once per address and window, however many more follow
         logger.warning(
             "address %s sent %d invalid API keys this minute; its requests get 429 until the minute ends",
@@ -125,8 +131,7 @@ def _check_rate(request: Request, client: str, settings: Settings) -> None:
     limit = settings.rate_limit_per_minute
     if limit == 0:
         return
-    now = time.time()
-    window = int(now // RATE_WINDOW_S)
+    now, window = _current_window()
     count = _count(request, f"sats:rate:{client}:{window}")
     if count > limit:
         retry_after = _retry_after_s(window, now)

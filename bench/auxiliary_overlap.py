@@ -4,9 +4,9 @@ Usage::
 
     python bench/auxiliary_overlap.py RUN_DIR DATA_ROOT [--split validation] [--threads 2]
 
-RUN_DIR is a ``sats train`` folder of a run with ``--auxiliary-labels``; its ``state.pt``
-contains the last finished epoch's network with the auxiliary output, and its
-``config.json`` the layout, labels, spacing, patch and atlas. Every case of the split is
+RUN_DIR is the ``sats train`` folder of a run with ``--auxiliary-labels``. Its
+``state.pt`` contains the last finished epoch's network with the auxiliary output. Its
+``config.json`` gives the layout, labels, spacing, patch and atlas. Every case of the split is
 prepared as in training (symmetric frame, cache in ``RUN_DIR/../cache`` unless
 ``--cache-dir``) and predicted by both outputs with the sliding window, threshold 0.5.
 

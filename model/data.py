@@ -129,6 +129,13 @@ def discover(
             f"auxiliary label values {list(auxiliary)} need a label-map layout (nnunet or openkbp), not segrap",
             code="data.auxiliary",
         )
+    if auxiliary:
+        tumour_value = resolve_label_value(layout, label_value)
+        if tumour_value in auxiliary:
+            raise InputError(
+                f"auxiliary label values {list(auxiliary)} include the tumour's label value {tumour_value}",
+                code="data.auxiliary",
+            )
     if layout == "nnunet":
         cases = _discover_nnunet(root, split, resolve_label_value(layout, label_value))
     elif layout == "openkbp":
@@ -138,12 +145,6 @@ def discover(
     if not cases:
         raise InputError(f"no cases found in {root} for layout {layout!r} split {split!r}", code="data.empty")
     if auxiliary:
-        tumour_value = resolve_label_value(layout, label_value)
-        if tumour_value in auxiliary:
-            raise InputError(
-                f"auxiliary label values {list(auxiliary)} include the tumour's label value {tumour_value}",
-                code="data.auxiliary",
-            )
         cases = [replace(case, auxiliary_values=auxiliary) for case in cases]
     return cases
 

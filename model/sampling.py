@@ -205,8 +205,9 @@ def augment(batch: PairBatch, config: AugmentationConfig, rng: np.random.Generat
         label_stack = F.grid_sample(label_stack, grid, mode="bilinear", align_corners=False)
         label_stack = (label_stack >= 0.5).float()
     mask, mask_m = label_stack[:, 0:1], label_stack[:, 1:2]
-    auxiliary = label_stack[:, 2:3].contiguous() if label_stack.shape[1] == 4 else None
-    auxiliary_m = label_stack[:, 3:4].contiguous() if label_stack.shape[1] == 4 else None
+    auxiliary = auxiliary_m = None
+    if label_stack.shape[1] == 4:
+        auxiliary, auxiliary_m = label_stack[:, 2:3].contiguous(), label_stack[:, 3:4].contiguous()
 
     for i in range(n):
         if rng.random() >= config.intensity_probability:

@@ -33,9 +33,9 @@ from model.errors import InputError, SymmetrizationError
 from model.inference import autocast_context, autocast_dtype, sliding_window_probabilities
 from model.losses import asymmetry_mask, margin_loss, segmentation_loss
 from model.metrics import dice_coefficient
-from model.network import NetworkConfig, SATsNetwork, SiameseOutput
+from model.network import NetworkConfig, SATsNetwork
 from model.preprocess import IntensityNormalization
-from model.sampling import AugmentationConfig, PairBatch, PatchSampler, augment
+from model.sampling import AugmentationConfig, PatchSampler, augment
 
 logger = logging.getLogger(__name__)
 
@@ -364,13 +364,14 @@ class Trainer:
             if self.stage == 1:
                 logits, auxiliary_logits = self.model.segment(image)
                 loss = segmentation_loss(logits, mask)
-                if auxiliary_logits is not None and batch.auxiliary is not None:
-                    auxiliary = batch.auxiliary.to(self.device)
-                    loss = loss + config.auxiliary_weight * segmentation_loss(auxiliary_logits, auxiliary)
+                loss = loss + config.auxiliary_weight * self._auxiliary_loss([auxiliary_logits], [batch.auxiliary])
             else:
                 output = self.model.siamese(image, image_m)
                 loss = (segmentation_loss(output.logits, mask) + segmentation_loss(output.logits_flipped, mask_m)) / 2
-                loss = loss + config.auxiliary_weight * self._auxiliary_loss(output, batch)
+                loss = loss + config.auxiliary_weight * self._auxiliary_loss(
+                    [output.auxiliary_logits, output.auxiliary_logits_flipped],
+                    [batch.auxiliary, batch.auxiliary_mirrored],
+                )
                 if output.embedding is not None and output.embedding_flipped is not None:
                     asymmetry = asymmetry_mask(mask, mask_m)
                     loss = loss + config.beta * margin_loss(
@@ -384,21 +385,16 @@ class Trainer:
         self.scaler.update()
         return float(loss.detach())
 
-    def _auxiliary_loss(self, output: SiameseOutput, batch: PairBatch) -> torch.Tensor:
-        """Return the mean Dice + BCE of both branches' auxiliary outputs, or 0 without them."""
-        if (
-            output.auxiliary_logits is None
-            or output.auxiliary_logits_flipped is None
-            or batch.auxiliary is None
-            or batch.auxiliary_mirrored is None
-        ):
+    def _auxiliary_loss(self, logits: list[torch.Tensor | None], targets: list[torch.Tensor | None]) -> torch.Tensor:
+        """Return the mean Dice + BCE of the auxiliary outputs (one per branch), or 0 without them."""
+        losses = [
+            segmentation_loss(branch_logits, target.to(self.device))
+            for branch_logits, target in zip(logits, targets, strict=True)
+            if branch_logits is not None and target is not None
+        ]
+        if not losses:
             return torch.zeros((), device=self.device)
-        auxiliary = batch.auxiliary.to(self.device)
-        auxiliary_m = batch.auxiliary_mirrored.to(self.device)
-        return (
-            segmentation_loss(output.auxiliary_logits, auxiliary)
-            + segmentation_loss(output.auxiliary_logits_flipped, auxiliary_m)
-        ) / 2
+        return torch.stack(losses).mean()
 
     def _set_learning_rates(self, epochs: int) -> None:
         for group in self.optimizer.param_groups:

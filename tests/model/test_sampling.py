@@ -52,7 +52,7 @@ def test_augmentation_keeps_mirror_pair():
     config = AugmentationConfig(rotation_probability=1.0, scale_probability=1.0, intensity_probability=1.0)
     out = augment(batch, config, np.random.default_rng(0))
     # Bilinear sampling on the mirrored grid and the gamma change round differently in
-    # float32 (up to about 1e-4 here); a broken mirror pair differs by about 1 or more.
+    # float32, by up to about 1e-4 here. A broken mirror pair differs by about 1 or more.
     assert torch.allclose(out.image_mirrored, torch.flip(out.image, dims=(-1,)), atol=1e-3)
 
 
