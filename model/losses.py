@@ -58,9 +58,15 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return 1 - dice.mean()
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Return soft Dice loss + binary cross-entropy (with logits), both means."""
-    bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, bce_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Return soft Dice loss + binary cross-entropy (with logits), both means.
+
+    ``bce_weight``, shaped like ``target``, multiplies each voxel's cross-entropy before the
+    mean over all voxels; the Dice term is unweighted.
+    """
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), weight=bce_weight)
     return soft_dice_loss(logits, target) + bce
 
 

@@ -8,7 +8,10 @@ poly learning-rate decay, (1 - epoch / epochs) ** 0.9.
 
 With ``auxiliary_labels``, a 1x1x1 output beside the tumour output also learns the union
 of those label values (for OpenKBP, the lower-dose targets PTV56 and PTV63), with its own
-Dice + BCE weighted by ``auxiliary_weight``. It is used in training only.
+Dice + BCE weighted by ``auxiliary_weight``. It is used in training only, and a weight of
+0 leaves it out. ``auxiliary_negative_weight`` instead multiplies the tumour output's
+cross-entropy on the auxiliary voxels outside the tumour, so that predicting tumour there
+costs more; 1 leaves the loss as it is.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ class TrainConfig:
     foreground_fraction: float = 0.33
     auxiliary_labels: tuple[int, ...] = ()
     auxiliary_weight: float = 1.0
+    auxiliary_negative_weight: float = 1.0
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     validate_every: int = 1
     seed: int = 12345
@@ -256,13 +260,22 @@ class Trainer:
             raise InputError(f"patch size {config.patch_size} must be a multiple of {divisor} (D, H, W)")
         if config.auxiliary_weight < 0:
             raise InputError(f"auxiliary weight must be 0 or more, got {config.auxiliary_weight}")
+        if config.auxiliary_negative_weight < 0:
+            raise InputError(f"auxiliary negative weight must be 0 or more, got {config.auxiliary_negative_weight}")
+        if config.auxiliary_negative_weight != 1 and not config.auxiliary_labels:
+            raise InputError(
+                f"auxiliary negative weight {config.auxiliary_negative_weight} needs auxiliary labels: "
+                "name the label values it applies to"
+            )
         self.config = config
         self.on_step = on_step
         self.device = resolve_device(config.device)
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
         self.model = SATsNetwork(
-            config.network, embedding=config.embedding, auxiliary_output=bool(config.auxiliary_labels)
+            config.network,
+            embedding=config.embedding,
+            auxiliary_output=bool(config.auxiliary_labels) and config.auxiliary_weight > 0,
         ).to(self.device)
         self.stage = 1
         self.epoch = 0
@@ -363,11 +376,16 @@ class Trainer:
         with autocast_context(self.device, config.mixed_precision):
             if self.stage == 1:
                 logits, auxiliary_logits = self.model.segment(image)
-                loss = segmentation_loss(logits, mask)
+                loss = segmentation_loss(logits, mask, self._bce_weight(mask, batch.auxiliary))
                 loss = loss + config.auxiliary_weight * self._auxiliary_loss([auxiliary_logits], [batch.auxiliary])
             else:
                 output = self.model.siamese(image, image_m)
-                loss = (segmentation_loss(output.logits, mask) + segmentation_loss(output.logits_flipped, mask_m)) / 2
+                loss = (
+                    segmentation_loss(output.logits, mask, self._bce_weight(mask, batch.auxiliary))
+                    + segmentation_loss(
+                        output.logits_flipped, mask_m, self._bce_weight(mask_m, batch.auxiliary_mirrored)
+                    )
+                ) / 2
                 loss = loss + config.auxiliary_weight * self._auxiliary_loss(
                     [output.auxiliary_logits, output.auxiliary_logits_flipped],
                     [batch.auxiliary, batch.auxiliary_mirrored],
@@ -384,6 +402,14 @@ class Trainer:
         self.scaler.step(self.optimizer)  # skipped when a gradient overflowed
         self.scaler.update()
         return float(loss.detach())
+
+    def _bce_weight(self, mask: torch.Tensor, auxiliary: torch.Tensor | None) -> torch.Tensor | None:
+        """Return the tumour cross-entropy's voxel weights, or None when every voxel weighs 1."""
+        weight = self.config.auxiliary_negative_weight
+        if weight == 1 or auxiliary is None:
+            return None
+        negatives = (auxiliary.to(self.device) > 0) & ~(mask > 0)
+        return 1 + (weight - 1) * negatives.float()
 
     def _auxiliary_loss(self, logits: list[torch.Tensor | None], targets: list[torch.Tensor | None]) -> torch.Tensor:
         """Return the mean Dice + BCE of the auxiliary outputs (one per branch), or 0 without them."""

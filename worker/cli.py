@@ -167,7 +167,15 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "--auxiliary-weight",
         type=float,
         default=1.0,
-        help="weight of the auxiliary output's Dice + BCE, with --auxiliary-labels (default 1.0)",
+        help="weight of the auxiliary output's Dice + BCE, with --auxiliary-labels; 0 trains no auxiliary "
+        "output (default 1.0)",
+    )
+    loss.add_argument(
+        "--auxiliary-negative-weight",
+        type=float,
+        default=1.0,
+        help="factor on the tumour output's cross-entropy at auxiliary voxels outside the tumour, with "
+        "--auxiliary-labels; above 1 penalises tumour predicted there more (default 1.0: unchanged)",
     )
 
     run = parser.add_argument_group("run")
@@ -231,6 +239,7 @@ def _run_train(args: argparse.Namespace) -> int:
         beta=args.beta,
         auxiliary_labels=args.auxiliary_labels,
         auxiliary_weight=args.auxiliary_weight,
+        auxiliary_negative_weight=args.auxiliary_negative_weight,
         validate_every=args.validate_every,
         seed=args.seed,
         mixed_precision=not args.no_mixed_precision,

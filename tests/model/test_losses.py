@@ -74,3 +74,12 @@ def test_segmentation_loss_sums_dice_and_bce():
     dice = 1 - (2 * 0.5 + 1e-5) / (1.0 + 1.0 + 1e-5)
     bce = math.log(2)
     assert segmentation_loss(logits, target).item() == pytest.approx(dice + bce, rel=1e-5)
+
+
+def test_segmentation_loss_weights_cross_entropy_per_voxel():
+    target = as_volume([1, 0, 0, 0])
+    logits = torch.zeros_like(target)  # every voxel costs log 2 of cross-entropy
+    weight = as_volume([1, 4, 1, 1])
+    dice = 1 - (2 * 0.5 + 1e-5) / (2.0 + 1.0 + 1e-5)
+    bce = math.log(2) * (1 + 4 + 1 + 1) / 4  # the mean runs over voxels, not over weights
+    assert segmentation_loss(logits, target, weight).item() == pytest.approx(dice + bce, rel=1e-5)

@@ -200,6 +200,41 @@ def test_auxiliary_weight_adds_to_loss(auxiliary_dataset, tmp_path):
     assert losses[1.0] > losses[0.0] + 0.1
 
 
+def test_auxiliary_negative_weight_raises_loss_without_auxiliary_output(auxiliary_dataset, tmp_path):
+    losses = {}
+    for weight in (1.0, 5.0):
+        output = tmp_path / f"negative-{weight}"
+        config = config_for(
+            auxiliary_dataset,
+            output,
+            stage1_epochs=1,
+            iterations_per_epoch=1,
+            cache_dir=tmp_path / "cache",
+            auxiliary_labels=(2,),
+            auxiliary_weight=0.0,
+            auxiliary_negative_weight=weight,
+        )
+        trainer = Trainer(config)
+        assert trainer.model.auxiliary is None  # weight 0: no auxiliary output
+        trainer.run(stages=(1,))
+        losses[weight] = float(read_log(output)[0]["loss"])
+        assert json.loads((output / "final.json").read_text())["training"]["auxiliary_negative_weight"] == weight
+    # Same first batch and initial weights; only the cross-entropy at label-2 voxels grows.
+    assert losses[5.0] > losses[1.0] + 0.01
+
+
+@pytest.mark.parametrize(
+    ("labels", "weight", "message"),
+    [
+        ((2,), -0.5, "auxiliary negative weight must be 0 or more, got -0.5"),
+        ((), 3.0, "auxiliary negative weight 3.0 needs auxiliary labels"),
+    ],
+)
+def test_bad_auxiliary_negative_weight_rejected(auxiliary_dataset, tmp_path, labels, weight, message):
+    with pytest.raises(InputError, match=message):
+        Trainer(config_for(auxiliary_dataset, tmp_path, auxiliary_labels=labels, auxiliary_negative_weight=weight))
+
+
 def test_negative_auxiliary_weight_rejected(auxiliary_dataset, tmp_path):
     with pytest.raises(InputError, match="auxiliary weight must be 0 or more, got -1"):
         Trainer(config_for(auxiliary_dataset, tmp_path, auxiliary_labels=(2,), auxiliary_weight=-1.0))

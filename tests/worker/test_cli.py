@@ -156,4 +156,7 @@ def test_train_parses_auxiliary_labels():
     args = build_parser().parse_args(["train", "data", "-o", "run", "--auxiliary-labels", "8,9"])
     assert args.auxiliary_labels == (8, 9)
     assert args.auxiliary_weight == 1.0
+    assert args.auxiliary_negative_weight == 1.0
+    negative = ["train", "data", "-o", "run", "--auxiliary-labels", "8,9", "--auxiliary-negative-weight", "4"]
+    assert build_parser().parse_args(negative).auxiliary_negative_weight == 4.0
     assert build_parser().parse_args(["train", "data", "-o", "run"]).auxiliary_labels == ()
