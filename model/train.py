@@ -262,6 +262,11 @@ class Trainer:
             raise InputError(f"auxiliary weight must be 0 or more, got {config.auxiliary_weight}")
         if config.auxiliary_negative_weight < 0:
             raise InputError(f"auxiliary negative weight must be 0 or more, got {config.auxiliary_negative_weight}")
+        if config.auxiliary_labels and config.auxiliary_weight == 0 and config.auxiliary_negative_weight == 1:
+            raise InputError(
+                f"auxiliary labels {config.auxiliary_labels} would be unused with auxiliary weight 0 and "
+                "auxiliary negative weight 1: raise either weight or leave out the labels"
+            )
         if config.auxiliary_negative_weight != 1 and not config.auxiliary_labels:
             raise InputError(
                 f"auxiliary negative weight {config.auxiliary_negative_weight} needs auxiliary labels: "

@@ -183,26 +183,26 @@ def test_auxiliary_output_trains_in_both_stages(auxiliary_dataset, tmp_path):
 
 def test_auxiliary_weight_adds_to_loss(auxiliary_dataset, tmp_path):
     losses = {}
-    for weight in (0.0, 1.0):
-        output = tmp_path / f"weight-{weight}"
+    for labels in ((), (2,)):
+        output = tmp_path / f"labels-{len(labels)}"
         config = config_for(
             auxiliary_dataset,
             output,
             stage1_epochs=1,
             iterations_per_epoch=1,
             cache_dir=tmp_path / "cache",
-            auxiliary_labels=(2,),
-            auxiliary_weight=weight,
+            auxiliary_labels=labels,
+            auxiliary_weight=1.0,
         )
         Trainer(config).run(stages=(1,))
-        losses[weight] = float(read_log(output)[0]["loss"])
+        losses[labels] = float(read_log(output)[0]["loss"])
     # Same seed, same first batch and same initial weights: only the auxiliary term differs.
-    assert losses[1.0] > losses[0.0] + 0.1
+    assert losses[(2,)] > losses[()] + 0.1
 
 
 def test_auxiliary_negative_weight_raises_loss_without_auxiliary_output(auxiliary_dataset, tmp_path):
     losses = {}
-    for weight in (1.0, 5.0):
+    for labels, weight in (((), 1.0), ((2,), 5.0)):
         output = tmp_path / f"negative-{weight}"
         config = config_for(
             auxiliary_dataset,
@@ -210,7 +210,7 @@ def test_auxiliary_negative_weight_raises_loss_without_auxiliary_output(auxiliar
             stage1_epochs=1,
             iterations_per_epoch=1,
             cache_dir=tmp_path / "cache",
-            auxiliary_labels=(2,),
+            auxiliary_labels=labels,
             auxiliary_weight=0.0,
             auxiliary_negative_weight=weight,
         )
@@ -228,11 +228,15 @@ def test_auxiliary_negative_weight_raises_loss_without_auxiliary_output(auxiliar
     [
         ((2,), -0.5, "auxiliary negative weight must be 0 or more, got -0.5"),
         ((), 3.0, "auxiliary negative weight 3.0 needs auxiliary labels"),
+        ((2,), 1.0, r"auxiliary labels \(2,\) would be unused with auxiliary weight 0"),
     ],
 )
 def test_bad_auxiliary_negative_weight_rejected(auxiliary_dataset, tmp_path, labels, weight, message):
+    config = config_for(
+        auxiliary_dataset, tmp_path, auxiliary_labels=labels, auxiliary_weight=0.0, auxiliary_negative_weight=weight
+    )
     with pytest.raises(InputError, match=message):
-        Trainer(config_for(auxiliary_dataset, tmp_path, auxiliary_labels=labels, auxiliary_negative_weight=weight))
+        Trainer(config)
 
 
 def test_negative_auxiliary_weight_rejected(auxiliary_dataset, tmp_path):
