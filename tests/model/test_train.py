@@ -181,46 +181,37 @@ def test_auxiliary_output_trains_in_both_stages(auxiliary_dataset, tmp_path):
     assert any("auxiliary" in stored.files and stored["auxiliary"].sum() > 0 for stored in cached)
 
 
+def first_epoch_loss(dataset, output, **overrides):
+    """Return the trainer and the loss of a one-step stage-1 epoch with a cache shared by all calls."""
+    config = config_for(
+        dataset, output, stage1_epochs=1, iterations_per_epoch=1, cache_dir=output.parent / "cache", **overrides
+    )
+    trainer = Trainer(config)
+    trainer.run(stages=(1,))
+    return trainer, float(read_log(output)[0]["loss"])
+
+
 def test_auxiliary_weight_adds_to_loss(auxiliary_dataset, tmp_path):
-    losses = {}
-    for labels in ((), (2,)):
-        output = tmp_path / f"labels-{len(labels)}"
-        config = config_for(
-            auxiliary_dataset,
-            output,
-            stage1_epochs=1,
-            iterations_per_epoch=1,
-            cache_dir=tmp_path / "cache",
-            auxiliary_labels=labels,
-            auxiliary_weight=1.0,
-        )
-        Trainer(config).run(stages=(1,))
-        losses[labels] = float(read_log(output)[0]["loss"])
+    _, plain = first_epoch_loss(auxiliary_dataset, tmp_path / "plain")
+    _, auxiliary = first_epoch_loss(auxiliary_dataset, tmp_path / "auxiliary", auxiliary_labels=(2,))
     # Same seed, same first batch and same initial weights: only the auxiliary term differs.
-    assert losses[(2,)] > losses[()] + 0.1
+    assert auxiliary > plain + 0.1
 
 
 def test_auxiliary_negative_weight_raises_loss_without_auxiliary_output(auxiliary_dataset, tmp_path):
-    losses = {}
-    for labels, weight in (((), 1.0), ((2,), 5.0)):
-        output = tmp_path / f"negative-{weight}"
-        config = config_for(
-            auxiliary_dataset,
-            output,
-            stage1_epochs=1,
-            iterations_per_epoch=1,
-            cache_dir=tmp_path / "cache",
-            auxiliary_labels=labels,
-            auxiliary_weight=0.0,
-            auxiliary_negative_weight=weight,
-        )
-        trainer = Trainer(config)
-        assert trainer.model.auxiliary is None  # weight 0: no auxiliary output
-        trainer.run(stages=(1,))
-        losses[weight] = float(read_log(output)[0]["loss"])
-        assert json.loads((output / "final.json").read_text())["training"]["auxiliary_negative_weight"] == weight
+    _, plain = first_epoch_loss(auxiliary_dataset, tmp_path / "plain", auxiliary_weight=0.0)
+    trainer, weighted = first_epoch_loss(
+        auxiliary_dataset,
+        tmp_path / "weighted",
+        auxiliary_labels=(2,),
+        auxiliary_weight=0.0,
+        auxiliary_negative_weight=5.0,
+    )
+    assert trainer.model.auxiliary is None  # weight 0: no auxiliary output
+    metadata = json.loads((tmp_path / "weighted" / "final.json").read_text())
+    assert metadata["training"]["auxiliary_negative_weight"] == 5.0
     # Same first batch and initial weights; only the cross-entropy at label-2 voxels grows.
-    assert losses[5.0] > losses[1.0] + 0.01
+    assert weighted > plain + 0.01
 
 
 @pytest.mark.parametrize(
