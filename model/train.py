@@ -265,12 +265,13 @@ class Trainer:
         if config.auxiliary_labels and config.auxiliary_weight == 0 and config.auxiliary_negative_weight == 1:
             raise InputError(
                 f"auxiliary labels {config.auxiliary_labels} would be unused with auxiliary weight 0 and "
-                "auxiliary negative weight 1: raise either weight or leave out the labels"
+                "auxiliary negative weight 1: raise --auxiliary-weight or --auxiliary-negative-weight, "
+                "or leave out --auxiliary-labels"
             )
         if config.auxiliary_negative_weight != 1 and not config.auxiliary_labels:
             raise InputError(
                 f"auxiliary negative weight {config.auxiliary_negative_weight} needs auxiliary labels: "
-                "name the label values it applies to"
+                "name the label values it applies to with --auxiliary-labels (8,9 for PTV56 and PTV63 in OpenKBP)"
             )
         self.config = config
         self.on_step = on_step

@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from model.errors import SATsError
 from worker import cli_bench, cli_dicom, cli_model, cli_service
@@ -246,9 +247,14 @@ def _run_train(args: argparse.Namespace) -> int:
         device=args.device,
         model_name=args.name,
     )
-    bar = tqdm(total=config.iterations_per_epoch, unit="step", dynamic_ncols=True, file=sys.stderr)
+    # The bar starts at the first step, so that an option or data error is not printed
+    # below an empty bar that looks like training has begun.
+    bars: list[tqdm[Any]] = []
 
     def on_step(stage: int, epoch: int, step: int, loss: float) -> None:
+        if not bars:
+            bars.append(tqdm(total=config.iterations_per_epoch, unit="step", dynamic_ncols=True, file=sys.stderr))
+        bar = bars[0]
         if step == 0:
             bar.reset()
             bar.set_description(f"stage {stage} epoch {epoch + 1}")
@@ -260,7 +266,8 @@ def _run_train(args: argparse.Namespace) -> int:
         trainer.initialise_from(args.init_from)
     stages = {"1": (1,), "2": (2,), "both": (1, 2)}[args.stages]
     summary = trainer.run(stages)
-    bar.close()
+    for bar in bars:
+        bar.close()
     print(json.dumps(summary, indent=2))
     return 0
 

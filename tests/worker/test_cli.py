@@ -160,3 +160,13 @@ def test_train_parses_auxiliary_labels():
     negative = ["train", "data", "-o", "run", "--auxiliary-labels", "8,9", "--auxiliary-negative-weight", "4"]
     assert build_parser().parse_args(negative).auxiliary_negative_weight == 4.0
     assert build_parser().parse_args(["train", "data", "-o", "run"]).auxiliary_labels == ()
+
+
+def test_train_option_error_prints_no_progress_bar(tmp_path, capsys, caplog):
+    output = tmp_path / "run"
+    code = main(["train", str(tmp_path), "-o", str(output), "--auxiliary-negative-weight", "4"])
+    assert code == 2
+    assert "needs auxiliary labels" in caplog.text
+    assert "--auxiliary-labels" in caplog.text
+    assert "step/s" not in capsys.readouterr().err
+    assert not output.exists()
