@@ -76,7 +76,7 @@ def test_segmentation_loss_sums_dice_and_bce():
     assert segmentation_loss(logits, target).item() == pytest.approx(dice + bce, rel=1e-5)
 
 
-def test_segmentation_loss_weights_cross_entropy_per_voxel():
+def test_loss_weights_voxel_cross_entropy():
     target = as_volume([1, 0, 0, 0])
     logits = torch.zeros_like(target)  # every voxel costs log 2 of cross-entropy
     weight = as_volume([1, 4, 1, 1])

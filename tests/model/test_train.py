@@ -198,7 +198,7 @@ def test_auxiliary_weight_adds_to_loss(auxiliary_dataset, tmp_path):
     assert auxiliary > plain + 0.1
 
 
-def test_auxiliary_negative_weight_raises_loss_without_auxiliary_output(auxiliary_dataset, tmp_path):
+def test_negative_weight_raises_loss(auxiliary_dataset, tmp_path):
     _, plain = first_epoch_loss(auxiliary_dataset, tmp_path / "plain", auxiliary_weight=0.0)
     trainer, weighted = first_epoch_loss(
         auxiliary_dataset,
@@ -210,7 +210,7 @@ def test_auxiliary_negative_weight_raises_loss_without_auxiliary_output(auxiliar
     assert trainer.model.auxiliary is None  # weight 0: no auxiliary output
     metadata = json.loads((tmp_path / "weighted" / "final.json").read_text())
     assert metadata["training"]["auxiliary_negative_weight"] == 5.0
-    # Same first batch and initial weights; only the cross-entropy at label-2 voxels grows.
+    # Same first batch and initial weights. Only the cross-entropy at label-2 voxels grows.
     assert weighted > plain + 0.01
 
 
@@ -222,7 +222,7 @@ def test_auxiliary_negative_weight_raises_loss_without_auxiliary_output(auxiliar
         ((2,), 1.0, r"auxiliary labels \(2,\) would be unused with auxiliary weight 0"),
     ],
 )
-def test_bad_auxiliary_negative_weight_rejected(auxiliary_dataset, tmp_path, labels, weight, message):
+def test_bad_negative_weight_rejected(auxiliary_dataset, tmp_path, labels, weight, message):
     config = config_for(
         auxiliary_dataset, tmp_path, auxiliary_labels=labels, auxiliary_weight=0.0, auxiliary_negative_weight=weight
     )

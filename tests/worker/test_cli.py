@@ -162,7 +162,7 @@ def test_train_parses_auxiliary_labels():
     assert build_parser().parse_args(["train", "data", "-o", "run"]).auxiliary_labels == ()
 
 
-def test_train_option_error_prints_no_progress_bar(tmp_path, capsys, caplog):
+def test_train_error_prints_no_bar(tmp_path, capsys, caplog):
     output = tmp_path / "run"
     code = main(["train", str(tmp_path), "-o", str(output), "--auxiliary-negative-weight", "4"])
     assert code == 2
