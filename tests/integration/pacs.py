@@ -19,6 +19,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sysconfig
 import tempfile
 import time
 import warnings
@@ -102,8 +103,17 @@ class ServerStartError(RuntimeError):
 
 
 def require_tool(name: str, package: str) -> str:
-    """Return the path of a command, or fail the test with the Debian package that installs it."""
-    path = shutil.which(name)
+    """Return the path of a command, or fail the test with the Debian package that installs it.
+
+    pynetdicom installs Python commands with DCMTK's names (storescu, findscu, storescp and
+    others) into the environment's scripts folder, which an activated virtual environment
+    puts first on PATH. DCMTK tools are therefore looked up in the other PATH folders only.
+    """
+    folders = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    if package == "dcmtk":
+        scripts = Path(sysconfig.get_path("scripts")).resolve()
+        folders = [folder for folder in folders if folder and Path(folder).resolve() != scripts]
+    path = shutil.which(name, path=os.pathsep.join(folders))
     if path is None:
         pytest.fail(f"{name} not found on PATH; install the Debian package {package} (apt-get install {package})")
     return path

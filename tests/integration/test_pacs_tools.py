@@ -6,7 +6,9 @@ start, listen only on 127.0.0.1, and store, list and reject what the service tes
 
 from __future__ import annotations
 
+import os
 import shutil
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +41,8 @@ from tests.integration.pacs import (
     findscu_series,
     is_loopback_only,
     listening_addresses,
+    require_tool,
+    run_tool,
     storescu,
 )
 from worker.rtstruct import AlgorithmInfo, RoiSpec, build_rtstruct
@@ -136,6 +140,15 @@ def _associate(port: int, called_ae: str, sop_classes: list[str]) -> Association
 
 
 # --- Orthanc -----------------------------------------------------------------------------------
+
+
+def test_dcmtk_tools_skip_pynetdicom_commands(monkeypatch):
+    # An activated virtual environment puts pynetdicom's storescu before DCMTK's on PATH.
+    scripts = sysconfig.get_path("scripts")
+    monkeypatch.setenv("PATH", os.pathsep.join([scripts, os.environ.get("PATH", "")]))
+    path = require_tool("storescu", "dcmtk")
+    assert Path(path).parent.resolve() != Path(scripts).resolve()
+    assert "dcmtk" in run_tool([path, "--version"], timeout_s=30)
 
 
 def test_servers_listen_on_loopback_only(orthanc, plain_scp, restricted_scp):
