@@ -23,7 +23,7 @@ last line, one JSON object. Exit status 1 when no CUDA device is available.
 Usage::
 
     python bench/gpu_training.py             # one CUDA GPU, an estimated 3 to 6 minutes
-    python bench/gpu_training.py --dry-run   # a tiny network and patch on the CPU, checks the code paths
+    python bench/gpu_training.py --dry-run   # a tiny network and patch on the CPU in fp32, checks the code paths
 
 Expected step times on one NVIDIA H200. This is an ESTIMATE, NOT MEASURED: a forward
 pass of one 56 x 192 x 192 window costs 1.80 TFLOP (``bench/gpu_inference.py``), and a
@@ -149,6 +149,10 @@ def training_config(root: Path, args: argparse.Namespace, device: str) -> TrainC
         stage2_backbone_learning_rate=1e-5,
         embedding="head",
         validate_every=1000,  # validate only after each stage's last epoch
+        # NOTE: with bf16 autocast on the CPU, the tiny dry-run network's stage-2 loss became
+        # NaN in about 1 run of 12, depending on memory layout, and never in 56 runs in fp32.
+        # The cause is not known, so the dry run trains in fp32.
+        mixed_precision=not args.dry_run,
         device=device,
         model_name="gpu-training-benchmark",
     )
