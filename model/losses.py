@@ -64,7 +64,7 @@ def segmentation_loss(
     """Return soft Dice loss + binary cross-entropy (with logits), both means.
 
     ``bce_weight``, shaped like ``target``, multiplies each voxel's cross-entropy before the
-    mean over all voxels; the Dice term is unweighted.
+    mean over all voxels. The Dice term is unweighted.
     """
     bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), weight=bce_weight)
     return soft_dice_loss(logits, target) + bce

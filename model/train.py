@@ -11,7 +11,7 @@ of those label values (for OpenKBP, the lower-dose targets PTV56 and PTV63), wit
 Dice + BCE weighted by ``auxiliary_weight``. It is used in training only, and a weight of
 0 leaves it out. ``auxiliary_negative_weight`` instead multiplies the tumour output's
 cross-entropy on the auxiliary voxels outside the tumour, so that predicting tumour there
-costs more; 1 leaves the loss as it is.
+costs more. A factor of 1 leaves the loss as it is.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "--auxiliary-weight",
         type=float,
         default=1.0,
-        help="weight of the auxiliary output's Dice + BCE, with --auxiliary-labels; 0 trains no auxiliary "
+        help="weight of the auxiliary output's Dice + BCE, with --auxiliary-labels. 0 trains no auxiliary "
         "output (default 1.0)",
     )
     loss.add_argument(
@@ -176,7 +176,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=1.0,
         help="factor on the tumour output's cross-entropy at auxiliary voxels outside the tumour, with "
-        "--auxiliary-labels; above 1 penalises tumour predicted there more (default 1.0: unchanged)",
+        "--auxiliary-labels. Above 1, tumour predicted there costs more (default 1.0: unchanged)",
     )
 
     run = parser.add_argument_group("run")
@@ -249,12 +249,12 @@ def _run_train(args: argparse.Namespace) -> int:
     )
     # The bar starts at the first step, so that an option or data error is not printed
     # below an empty bar that looks like training has begun.
-    bars: list[tqdm[Any]] = []
+    bar: tqdm[Any] | None = None
 
     def on_step(stage: int, epoch: int, step: int, loss: float) -> None:
-        if not bars:
-            bars.append(tqdm(total=config.iterations_per_epoch, unit="step", dynamic_ncols=True, file=sys.stderr))
-        bar = bars[0]
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=config.iterations_per_epoch, unit="step", dynamic_ncols=True, file=sys.stderr)
         if step == 0:
             bar.reset()
             bar.set_description(f"stage {stage} epoch {epoch + 1}")
@@ -266,7 +266,7 @@ def _run_train(args: argparse.Namespace) -> int:
         trainer.initialise_from(args.init_from)
     stages = {"1": (1,), "2": (2,), "both": (1, 2)}[args.stages]
     summary = trainer.run(stages)
-    for bar in bars:
+    if bar is not None:
         bar.close()
     print(json.dumps(summary, indent=2))
     return 0
