@@ -3,8 +3,9 @@
 Stage 1 trains the encoder-decoder alone with Dice + BCE. Stage 2 adds the Siamese
 margin loss: with a projection head (full SATs, ``embedding="head"``), directly on the
 unit-normalised decoder features (``"features"``), or not at all (``"none"``, the plain
-network trained for the same budget). Both stages use SGD with Nesterov momentum and
-poly learning-rate decay, (1 - epoch / epochs) ** 0.9.
+network trained for the same budget). Both stages use SGD with Nesterov momentum, as
+published, or AdamW (``optimizer="adamw"``), with poly learning-rate decay,
+(1 - epoch / epochs) ** 0.9.
 
 With ``auxiliary_labels``, a 1x1x1 output beside the tumour output also learns the union
 of those label values (for OpenKBP, the lower-dose targets PTV56 and PTV63), with its own
@@ -78,6 +79,7 @@ class TrainConfig:
     learning_rate: float = 1e-2
     head_learning_rate: float = 1e-2
     stage2_backbone_learning_rate: float = 1e-5
+    optimizer: str = "sgd"
     momentum: float = 0.99
     weight_decay: float = 3e-5
     poly_exponent: float = 0.9
@@ -199,7 +201,11 @@ def normalize_cases(cases: list[PreparedCase], normalization: IntensityNormaliza
     return [replace(case, image_hu=normalization.apply(case.image_hu)) for case in cases]
 
 
-def _optimizer(model: SATsNetwork, stage: int, config: TrainConfig) -> torch.optim.SGD:
+#: Optimisers that ``TrainConfig.optimizer`` names.
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def _optimizer(model: SATsNetwork, stage: int, config: TrainConfig) -> torch.optim.Optimizer:
     auxiliary = [] if model.auxiliary is None else list(model.auxiliary.parameters())
     if stage == 1:
         groups = [
@@ -228,6 +234,9 @@ def _optimizer(model: SATsNetwork, stage: int, config: TrainConfig) -> torch.opt
                     "initial_lr": config.head_learning_rate,
                 }
             )
+    if config.optimizer == "adamw":
+        # Decoupled weight decay; the betas are torch's defaults (0.9, 0.999).
+        return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
     return torch.optim.SGD(
         groups, lr=config.learning_rate, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
     )
@@ -258,6 +267,8 @@ class Trainer:
         divisor = config.network.divisor
         if any(p % d for p, d in zip(config.patch_size, divisor, strict=True)):
             raise InputError(f"patch size {config.patch_size} must be a multiple of {divisor} (D, H, W)")
+        if config.optimizer not in OPTIMIZERS:
+            raise InputError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
         if config.auxiliary_weight < 0:
             raise InputError(f"auxiliary weight must be 0 or more, got {config.auxiliary_weight}")
         if config.auxiliary_negative_weight < 0:
@@ -309,6 +320,7 @@ class Trainer:
             "epoch": self.epoch,
             "best_dsc": self.best_dsc,
             "history": self.history,
+            "optimizer_name": self.config.optimizer,
             "normalization": self.normalization.to_dict(),
             "initialised_from": self.initialised_from,
             "rng": json.dumps(self.rng.bit_generator.state),
@@ -323,6 +335,13 @@ class Trainer:
         if not self.state_path.is_file():
             return False
         state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+        # States written before the optimiser became a choice were all SGD.
+        saved_optimizer = state.get("optimizer_name", "sgd")
+        if saved_optimizer != self.config.optimizer:
+            raise InputError(
+                f"{self.state_path} was trained with optimizer {saved_optimizer!r}, not {self.config.optimizer!r}: "
+                f"resume with --optimizer {saved_optimizer}, or start a new run in another output folder"
+            )
         self.stage = int(state["stage"])
         self.model.load_state_dict(state["model"])
         self.optimizer = _optimizer(self.model, self.stage, self.config)

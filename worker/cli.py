@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from model.errors import SATsError
+from model.errors import InputError, SATsError
 from worker import cli_bench, cli_dicom, cli_model, cli_service
 
 logger = logging.getLogger("sats")
@@ -144,8 +144,22 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     schedule.add_argument(
         "--stage2-backbone-lr", type=float, default=1e-5, help="stage-2 encoder-decoder learning rate (default 1e-5)"
     )
-    schedule.add_argument("--momentum", type=float, default=0.99, help="SGD Nesterov momentum (default 0.99)")
-    schedule.add_argument("--weight-decay", type=float, default=3e-5, help="SGD weight decay (default 3e-5)")
+    schedule.add_argument(
+        "--optimizer",
+        choices=["sgd", "adamw"],
+        default="sgd",
+        help="sgd: SGD with Nesterov momentum, as published. adamw: AdamW with betas 0.9, 0.999, which "
+        "needs far smaller learning rates than the defaults, about 1e-4 to 3e-4 (default sgd)",
+    )
+    schedule.add_argument(
+        "--momentum", type=float, default=None, help="SGD Nesterov momentum, with --optimizer sgd (default 0.99)"
+    )
+    schedule.add_argument(
+        "--weight-decay",
+        type=float,
+        default=3e-5,
+        help="weight decay: L2 for sgd, decoupled for adamw (default 3e-5)",
+    )
     schedule.add_argument("--validate-every", type=int, default=1, help="validate every N epochs (default 1)")
 
     loss = parser.add_argument_group("asymmetry loss")
@@ -200,6 +214,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from model.network import NetworkConfig, plan_strides
     from model.train import TrainConfig, Trainer
 
+    if args.momentum is not None and args.optimizer != "sgd":
+        raise InputError(f"--momentum {args.momentum} applies to --optimizer sgd only, not {args.optimizer}")
     if args.threads:
         torch.set_num_threads(args.threads)
     default_split = {"nnunet": "Tr", "openkbp": "train", "segrap": ""}[args.layout]
@@ -233,7 +249,8 @@ def _run_train(args: argparse.Namespace) -> int:
         learning_rate=args.lr,
         head_learning_rate=args.head_lr,
         stage2_backbone_learning_rate=args.stage2_backbone_lr,
-        momentum=args.momentum,
+        optimizer=args.optimizer,
+        momentum=0.99 if args.momentum is None else args.momentum,
         weight_decay=args.weight_decay,
         embedding=args.embedding,
         margin=args.margin,

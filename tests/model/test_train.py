@@ -233,3 +233,26 @@ def test_bad_negative_weight_rejected(auxiliary_dataset, tmp_path, labels, weigh
 def test_negative_auxiliary_weight_rejected(auxiliary_dataset, tmp_path):
     with pytest.raises(InputError, match="auxiliary weight must be 0 or more, got -1"):
         Trainer(config_for(auxiliary_dataset, tmp_path, auxiliary_labels=(2,), auxiliary_weight=-1.0))
+
+
+def test_adamw_trains_and_resumes_only_as_adamw(phantom_dataset, tmp_path):
+    output = tmp_path / "run"
+    trainer = Trainer(config_for(phantom_dataset, output, stage1_epochs=2, optimizer="adamw", learning_rate=1e-3))
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    trainer.run(stages=(1,))
+    rows = read_log(output)
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    metadata = json.loads((output / "final.json").read_text())
+    assert metadata["training"]["optimizer"] == "adamw"
+    # AdamW's moment estimates cannot continue as SGD momentum, so a resume must name the same optimiser.
+    expected = "was trained with optimizer 'adamw', not 'sgd': resume with --optimizer adamw"
+    with pytest.raises(InputError, match=expected):
+        Trainer(config_for(phantom_dataset, output, stage1_epochs=2)).load_state()
+    resumed = Trainer(config_for(phantom_dataset, output, stage1_epochs=2, optimizer="adamw", learning_rate=1e-3))
+    assert resumed.load_state()
+    assert resumed.optimizer.state_dict()["state"], "AdamW moments were not restored"
+
+
+def test_unknown_optimizer_rejected(phantom_dataset, tmp_path):
+    with pytest.raises(InputError, match=r"optimizer must be one of \('sgd', 'adamw'\), got 'adam'"):
+        Trainer(config_for(phantom_dataset, tmp_path, optimizer="adam"))

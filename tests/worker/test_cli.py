@@ -170,3 +170,12 @@ def test_train_error_prints_no_bar(tmp_path, capsys, caplog):
     assert "--auxiliary-labels" in caplog.text
     assert "step/s" not in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_train_momentum_only_with_sgd(tmp_path, caplog):
+    output = tmp_path / "run"
+    code = main(["train", str(tmp_path), "-o", str(output), "--optimizer", "adamw", "--momentum", "0.9"])
+    assert code == 2
+    assert "--momentum 0.9 applies to --optimizer sgd only, not adamw" in caplog.text
+    assert not output.exists()
+    assert build_parser().parse_args(["train", "data", "-o", "run"]).optimizer == "sgd"
