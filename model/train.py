@@ -31,6 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from model.autocast_check import autocast_gradient_errors
 from model.checkpoint import ModelMetadata, save_model, sha256_file
 from model.data import CaseFiles, PreparedCase, discover, prepare_cached, target_definition
 from model.errors import InputError, SymmetrizationError
@@ -480,6 +481,7 @@ class Trainer:
         resumed = self.load_state()
         if not resumed and self.stage == 1 and 1 not in stages:
             raise InputError("stage 2 alone needs a stage-1 model: pass init_from or run stage 1 first")
+        self._check_autocast(stages)
 
         atlas, atlas_sha256 = load_atlas(config)
         train_files, validation_files = split_cases(config)
@@ -524,6 +526,32 @@ class Trainer:
             "final_validation_dsc": final_dsc,
             "output_dir": str(config.output_dir),
         }
+
+    def _check_autocast(self, stages: tuple[int, ...]) -> None:
+        """Stop before training when bf16 autocast gets this network's gradients wrong on this CPU."""
+        config = self.config
+        if autocast_dtype(self.device, config.mixed_precision) != torch.bfloat16:
+            return
+        patch = tuple(config.patch_size)
+        batch = config.batch_size
+        # Stage 2 runs both Siamese branches as one batch of twice the size.
+        runs = [stage for stage in stages if stage >= self.stage]
+        shapes = [(batch, 1, *patch)] if 1 in runs else []
+        if 2 in runs:
+            shapes.append((2 * batch, 1, *patch))
+        started = time.monotonic()
+        problems = [f"unet.{line}" for line in autocast_gradient_errors(self.model.unet, shapes)]
+        if 2 in runs and self.model.head is not None:
+            head_input = (2 * batch, self.model.unet.feature_channels, *patch)
+            problems += [f"head.{line}" for line in autocast_gradient_errors(self.model.head, [head_input])]
+        logger.info("checked bf16 autocast gradients against fp32 in %.0f s", time.monotonic() - started)
+        if problems:
+            raise InputError(
+                f"bf16 autocast on this CPU computes wrong gradients (torch {torch.__version__}) for "
+                f"{len(problems)} convolution(s): {'; '.join(problems[:3])}. Train in fp32 with "
+                "--no-mixed-precision, or choose a patch size whose downsampled levels are never 2 voxels "
+                "deep (see model/autocast_check.py)"
+            )
 
     def _train_epoch(self, sampler: PatchSampler, validation_cases: list[PreparedCase], epochs: int) -> None:
         config = self.config
