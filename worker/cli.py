@@ -200,7 +200,8 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--no-mixed-precision",
         action="store_true",
-        help="train in fp32 (default: fp16 autocast with loss scaling on CUDA, bf16 on CPUs with AVX512-BF16 or AMX)",
+        help="train in fp32 (default: fp16 autocast with loss scaling on CUDA, bf16 on CPUs with AVX512-BF16 or AMX, "
+        "after checking the bf16 convolution gradients against fp32)",
     )
     run.add_argument("--seed", type=int, default=12345, help="random seed (default 12345)")
     run.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
