@@ -346,7 +346,9 @@ class Trainer:
         self.stage = int(state["stage"])
         self.model.load_state_dict(state["model"])
         self.optimizer = _optimizer(self.model, self.stage, self.config)
+        requested = [dict(group) for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        self._apply_requested_settings(requested)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
@@ -358,6 +360,25 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         logger.info("resumed from %s at stage %d epoch %d", self.state_path, self.stage, self.epoch)
         return True
+
+    def _apply_requested_settings(self, requested: list[dict[str, Any]]) -> None:
+        """Put this run's learning rates, momentum and weight decay back after loading a saved optimiser.
+
+        ``load_state_dict`` restores the hyperparameters saved with the state, so without
+        this a resumed run would silently keep the old ones while its metadata recorded the
+        new ones. The moment estimates stay as saved.
+        """
+        for index, (group, wanted) in enumerate(zip(self.optimizer.param_groups, requested, strict=True)):
+            for key in ("initial_lr", "momentum", "weight_decay", "betas"):
+                if key in wanted and group.get(key) != wanted[key]:
+                    logger.info(
+                        "resumed with %s %s instead of the saved %s (parameter group %d)",
+                        key,
+                        wanted[key],
+                        group.get(key),
+                        index,
+                    )
+                    group[key] = wanted[key]
 
     def initialise_from(self, weights: Path) -> None:
         """Start stage 2 from the encoder-decoder weights of a stage-1 model."""
@@ -477,11 +498,20 @@ class Trainer:
         """
         config = self.config
         config.output_dir.mkdir(parents=True, exist_ok=True)
-        (config.output_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         resumed = self.load_state()
         if not resumed and self.stage == 1 and 1 not in stages:
             raise InputError("stage 2 alone needs a stage-1 model: pass init_from or run stage 1 first")
+        final = config.output_dir / "final.safetensors"
+        if resumed and final.is_file() and not self._work_left(stages):
+            # A finished run keeps the records of the settings it was trained with.
+            logger.info("nothing left to train in %s; %s is unchanged", config.output_dir, final.name)
+            return {
+                "best_validation_dsc": self.best_dsc,
+                "final_validation_dsc": None,
+                "output_dir": str(config.output_dir),
+            }
         self._check_autocast(stages)
+        (config.output_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
         atlas, atlas_sha256 = load_atlas(config)
         train_files, validation_files = split_cases(config)
@@ -526,6 +556,13 @@ class Trainer:
             "final_validation_dsc": final_dsc,
             "output_dir": str(config.output_dir),
         }
+
+    def _work_left(self, stages: tuple[int, ...]) -> bool:
+        """Return whether any epoch of ``stages`` remains after the current position."""
+        epochs = {1: self.config.stage1_epochs, 2: self.config.stage2_epochs}
+        if self.stage in stages and self.epoch < epochs[self.stage]:
+            return True
+        return any(stage > self.stage and epochs[stage] > 0 for stage in stages)
 
     def _check_autocast(self, stages: tuple[int, ...]) -> None:
         """Stop before training when bf16 autocast gets this network's gradients wrong on this CPU."""

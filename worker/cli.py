@@ -149,7 +149,8 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         choices=["sgd", "adamw"],
         default="sgd",
         help="sgd: SGD with Nesterov momentum, as published. adamw: AdamW with betas 0.9, 0.999, which "
-        "needs far smaller learning rates than the defaults, about 1e-4 to 3e-4 (default sgd)",
+        "needs far smaller learning rates than the defaults: set --lr, --stage2-backbone-lr and --head-lr "
+        "to about 1e-4 to 1e-3 (default sgd)",
     )
     schedule.add_argument(
         "--momentum", type=float, default=None, help="SGD Nesterov momentum, with --optimizer sgd (default 0.99)"
@@ -216,7 +217,9 @@ def _run_train(args: argparse.Namespace) -> int:
     from model.train import TrainConfig, Trainer
 
     if args.momentum is not None and args.optimizer != "sgd":
-        raise InputError(f"--momentum {args.momentum} applies to --optimizer sgd only, not {args.optimizer}")
+        raise InputError(
+            f"--momentum {args.momentum} applies to --optimizer sgd only, not {args.optimizer}: leave out --momentum"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     default_split = {"nnunet": "Tr", "openkbp": "train", "segrap": ""}[args.layout]

@@ -256,3 +256,25 @@ def test_adamw_trains_and_resumes_only_as_adamw(phantom_dataset, tmp_path):
 def test_unknown_optimizer_rejected(phantom_dataset, tmp_path):
     with pytest.raises(InputError, match=r"optimizer must be one of \('sgd', 'adamw'\), got 'adam'"):
         Trainer(config_for(phantom_dataset, tmp_path, optimizer="adam"))
+
+
+def test_resume_uses_new_optimizer_settings(phantom_dataset, tmp_path):
+    output = tmp_path / "run"
+    Trainer(config_for(phantom_dataset, output, stage1_epochs=1)).run(stages=(1,))
+    changed = dict(stage1_epochs=2, learning_rate=0.05, momentum=0.5, weight_decay=0.01)
+    trainer = Trainer(config_for(phantom_dataset, output, **changed))
+    trainer.run(stages=(1,))
+    group = trainer.optimizer.param_groups[0]
+    assert (group["initial_lr"], group["momentum"], group["weight_decay"]) == (0.05, 0.5, 0.01)
+    assert float(read_log(output)[1]["lr"]) == pytest.approx(poly_learning_rate(0.05, 1, 2, 0.9))
+    assert json.loads((output / "final.json").read_text())["training"]["learning_rate"] == 0.05
+
+
+def test_restarting_finished_run_changes_nothing(phantom_dataset, tmp_path):
+    output = tmp_path / "run"
+    Trainer(config_for(phantom_dataset, output, stage1_epochs=1)).run(stages=(1,))
+    records = {name: (output / name).read_bytes() for name in ("final.json", "final.safetensors", "config.json")}
+    summary = Trainer(config_for(phantom_dataset, output, stage1_epochs=1, learning_rate=0.05)).run(stages=(1,))
+    assert summary["final_validation_dsc"] is None
+    assert {name: (output / name).read_bytes() for name in records} == records
+    assert len(read_log(output)) == 1
