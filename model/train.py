@@ -103,6 +103,8 @@ class TrainConfig:
         data = asdict(self)
         data["network"] = self.network.to_dict()
         data["target"] = target_definition(self.layout, self.label_value, self.structures)
+        if self.optimizer != "sgd":
+            data["momentum"] = None  # AdamW uses no momentum setting; its betas are torch's defaults
         for key in ("data_root", "output_dir", "cache_dir", "atlas_path"):
             data[key] = None if data[key] is None else str(data[key])
         return data
@@ -322,6 +324,7 @@ class Trainer:
             "best_dsc": self.best_dsc,
             "history": self.history,
             "optimizer_name": self.config.optimizer,
+            "precision": self._precision(),
             "normalization": self.normalization.to_dict(),
             "initialised_from": self.initialised_from,
             "rng": json.dumps(self.rng.bit_generator.state),
@@ -343,6 +346,9 @@ class Trainer:
                 f"{self.state_path} was trained with optimizer {saved_optimizer!r}, not {self.config.optimizer!r}: "
                 f"resume with --optimizer {saved_optimizer}, or start a new run in another output folder"
             )
+        saved_precision = state.get("precision")
+        if saved_precision is not None and saved_precision != self._precision():
+            logger.warning("resuming in %s; the saved state was trained in %s", self._precision(), saved_precision)
         self.stage = int(state["stage"])
         self.model.load_state_dict(state["model"])
         self.optimizer = _optimizer(self.model, self.stage, self.config)
@@ -531,7 +537,11 @@ class Trainer:
         validation_cases = normalize_cases(validation_cases, self.normalization)
         sampler = PatchSampler(train_cases, config.patch_size, config.foreground_fraction, self.rng)
         logger.info(
-            "training on %d cases, validating on %d, device %s", len(train_cases), len(validation_cases), self.device
+            "training on %d cases, validating on %d, device %s, %s",
+            len(train_cases),
+            len(validation_cases),
+            self.device,
+            self._precision(),
         )
 
         for stage in (1, 2):
@@ -556,6 +566,13 @@ class Trainer:
             "final_validation_dsc": final_dsc,
             "output_dir": str(config.output_dir),
         }
+
+    def _precision(self) -> str:
+        """Return how steps compute: "bf16 autocast", "fp16 autocast" or "fp32"."""
+        dtype = autocast_dtype(self.device, self.config.mixed_precision)
+        if dtype is None:
+            return "fp32"
+        return {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[dtype]
 
     def _work_left(self, stages: tuple[int, ...]) -> bool:
         """Return whether any epoch of ``stages`` remains after the current position."""

@@ -244,6 +244,7 @@ def test_adamw_trains_and_resumes_only_as_adamw(phantom_dataset, tmp_path):
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     metadata = json.loads((output / "final.json").read_text())
     assert metadata["training"]["optimizer"] == "adamw"
+    assert metadata["training"]["momentum"] is None
     # AdamW's moment estimates cannot continue as SGD momentum, so a resume must name the same optimiser.
     expected = "was trained with optimizer 'adamw', not 'sgd': resume with --optimizer adamw"
     with pytest.raises(InputError, match=expected):
@@ -278,3 +279,16 @@ def test_restarting_finished_run_changes_nothing(phantom_dataset, tmp_path):
     assert summary["final_validation_dsc"] is None
     assert {name: (output / name).read_bytes() for name in records} == records
     assert len(read_log(output)) == 1
+
+
+def test_resume_in_other_precision_is_logged(phantom_dataset, tmp_path, caplog, monkeypatch):
+    import model.train as train
+
+    output = tmp_path / "run"
+    Trainer(config_for(phantom_dataset, output, stage1_epochs=1)).run(stages=(1,))
+    assert torch.load(output / "state.pt", weights_only=True)["precision"] == "fp32"
+    # Pretend the CPU has bf16: only the resume check needs it, nothing trains here.
+    monkeypatch.setattr(train, "autocast_dtype", lambda device, enabled: torch.bfloat16 if enabled else None)
+    with caplog.at_level("WARNING", logger="model.train"):
+        assert Trainer(config_for(phantom_dataset, output, stage1_epochs=1, mixed_precision=True)).load_state()
+    assert "resuming in bf16 autocast; the saved state was trained in fp32" in caplog.text
