@@ -154,7 +154,7 @@ def training_config(root: Path, args: argparse.Namespace, device: str) -> TrainC
         validate_every=1000,  # validate only after each stage's last epoch
         # The dry run trains in fp32. Its deepest decoder level is 2 voxels deep with 16
         # channels, a shape whose convolution gradients torch 2.13.0 gets wrong in bf16
-        # autocast on the CPU (model/autocast_check.py), so the trainer refuses bf16 for it.
+        # autocast on the CPU (model/autocast_check.py), so the trainer rejects bf16 for it.
         mixed_precision=not args.dry_run,
         device=device,
         model_name="gpu-training-benchmark",

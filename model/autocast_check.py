@@ -18,6 +18,7 @@ first step and stops with an error when the list is not empty.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -66,7 +67,9 @@ def convolution_inputs(
 
 def _relative_error(low: torch.Tensor, reference: torch.Tensor) -> float:
     error = float((low.float() - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
-    return error if error == error else float("inf")  # NaN counts as the worst error
+    if math.isnan(error):
+        return math.inf  # NaN counts as the worst error.
+    return error
 
 
 def gradient_error(module: nn.Module, input_shape: Sequence[int], dtype: torch.dtype, seed: int = 0) -> float:

@@ -104,7 +104,7 @@ class TrainConfig:
         data["network"] = self.network.to_dict()
         data["target"] = target_definition(self.layout, self.label_value, self.structures)
         if self.optimizer != "sgd":
-            data["momentum"] = None  # AdamW uses no momentum setting; its betas are torch's defaults
+            data["momentum"] = None  # AdamW does not use the momentum setting.
         for key in ("data_root", "output_dir", "cache_dir", "atlas_path"):
             data[key] = None if data[key] is None else str(data[key])
         return data
@@ -238,7 +238,7 @@ def _optimizer(model: SATsNetwork, stage: int, config: TrainConfig) -> torch.opt
                 }
             )
     if config.optimizer == "adamw":
-        # Decoupled weight decay; the betas are torch's defaults (0.9, 0.999).
+        # AdamW decays weights decoupled from the gradient. Its betas are torch's defaults (0.9, 0.999).
         return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
     return torch.optim.SGD(
         groups, lr=config.learning_rate, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
@@ -348,7 +348,7 @@ class Trainer:
             )
         saved_precision = state.get("precision")
         if saved_precision is not None and saved_precision != self._precision():
-            logger.warning("resuming in %s; the saved state was trained in %s", self._precision(), saved_precision)
+            logger.warning("resuming in %s, but the saved state was trained in %s", self._precision(), saved_precision)
         self.stage = int(state["stage"])
         self.model.load_state_dict(state["model"])
         self.optimizer = _optimizer(self.model, self.stage, self.config)
@@ -368,23 +368,23 @@ class Trainer:
         return True
 
     def _apply_requested_settings(self, requested: list[dict[str, Any]]) -> None:
-        """Put this run's learning rates, momentum and weight decay back after loading a saved optimiser.
+        """Restore this run's learning rates, momentum and weight decay after loading a saved optimiser.
 
         ``load_state_dict`` restores the hyperparameters saved with the state, so without
         this a resumed run would silently keep the old ones while its metadata recorded the
         new ones. The moment estimates stay as saved.
         """
-        for index, (group, wanted) in enumerate(zip(self.optimizer.param_groups, requested, strict=True)):
+        for index, (group, requested_group) in enumerate(zip(self.optimizer.param_groups, requested, strict=True)):
             for key in ("initial_lr", "momentum", "weight_decay", "betas"):
-                if key in wanted and group.get(key) != wanted[key]:
+                if key in requested_group and group.get(key) != requested_group[key]:
                     logger.info(
                         "resumed with %s %s instead of the saved %s (parameter group %d)",
                         key,
-                        wanted[key],
+                        requested_group[key],
                         group.get(key),
                         index,
                     )
-                    group[key] = wanted[key]
+                    group[key] = requested_group[key]
 
     def initialise_from(self, weights: Path) -> None:
         """Start stage 2 from the encoder-decoder weights of a stage-1 model."""
@@ -568,7 +568,7 @@ class Trainer:
         }
 
     def _precision(self) -> str:
-        """Return how steps compute: "bf16 autocast", "fp16 autocast" or "fp32"."""
+        """Return the precision of the training steps: "bf16 autocast", "fp16 autocast" or "fp32"."""
         dtype = autocast_dtype(self.device, self.config.mixed_precision)
         if dtype is None:
             return "fp32"

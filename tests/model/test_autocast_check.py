@@ -33,7 +33,7 @@ def test_healthy_convolution_agrees_with_fp32():
     assert gradient_error(nn.ConvTranspose3d(8, 4, 2, stride=2), (2, 8, 2, 3, 3), torch.bfloat16) < TOLERANCE
 
 
-def test_wrong_autocast_gradient_is_reported_with_layer_and_shape():
+def test_wrong_gradient_reported():
     network = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), FaultyUnderAutocast(4, 2, 3, padding=1))
     problems = autocast_gradient_errors(network, [(2, 1, 4, 6, 6)])
     assert len(problems) == 1
@@ -43,7 +43,7 @@ def test_wrong_autocast_gradient_is_reported_with_layer_and_shape():
     assert float(problems[0].removeprefix(prefix).rstrip(")")) == pytest.approx(2.0, abs=0.05)
 
 
-def test_every_call_shape_is_listed_once():
+def test_call_shapes_listed_once():
     config = NetworkConfig(base_features=2, max_features=4, strides=((2, 2, 2),) * 4, encoder_blocks=(1,) * 5)
     network = ResidualUNet(config)
     calls = convolution_inputs(network, [(1, 1, 32, 32, 32), (2, 1, 32, 32, 32), (1, 1, 32, 32, 32)])
@@ -54,7 +54,7 @@ def test_every_call_shape_is_listed_once():
     assert next(network.parameters()).grad is None  # the shape pass computes no gradients
 
 
-def test_trainer_stops_before_training_on_wrong_bf16_gradients(monkeypatch, tmp_path):
+def test_trainer_rejects_wrong_bf16_gradients(monkeypatch, tmp_path):
     import model.train as train
 
     calls = []

@@ -235,7 +235,7 @@ def test_negative_auxiliary_weight_rejected(auxiliary_dataset, tmp_path):
         Trainer(config_for(auxiliary_dataset, tmp_path, auxiliary_labels=(2,), auxiliary_weight=-1.0))
 
 
-def test_adamw_trains_and_resumes_only_as_adamw(phantom_dataset, tmp_path):
+def test_adamw_resumes_only_as_adamw(phantom_dataset, tmp_path):
     output = tmp_path / "run"
     trainer = Trainer(config_for(phantom_dataset, output, stage1_epochs=2, optimizer="adamw", learning_rate=1e-3))
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
@@ -271,7 +271,7 @@ def test_resume_uses_new_optimizer_settings(phantom_dataset, tmp_path):
     assert json.loads((output / "final.json").read_text())["training"]["learning_rate"] == 0.05
 
 
-def test_restarting_finished_run_changes_nothing(phantom_dataset, tmp_path):
+def test_finished_run_unchanged_on_restart(phantom_dataset, tmp_path):
     output = tmp_path / "run"
     Trainer(config_for(phantom_dataset, output, stage1_epochs=1)).run(stages=(1,))
     records = {name: (output / name).read_bytes() for name in ("final.json", "final.safetensors", "config.json")}
@@ -281,14 +281,14 @@ def test_restarting_finished_run_changes_nothing(phantom_dataset, tmp_path):
     assert len(read_log(output)) == 1
 
 
-def test_resume_in_other_precision_is_logged(phantom_dataset, tmp_path, caplog, monkeypatch):
+def test_precision_change_logged_on_resume(phantom_dataset, tmp_path, caplog, monkeypatch):
     import model.train as train
 
     output = tmp_path / "run"
     Trainer(config_for(phantom_dataset, output, stage1_epochs=1)).run(stages=(1,))
     assert torch.load(output / "state.pt", weights_only=True)["precision"] == "fp32"
-    # Pretend the CPU has bf16: only the resume check needs it, nothing trains here.
+    # Pretend that the CPU has bf16. Only the resume check needs it, because nothing trains here.
     monkeypatch.setattr(train, "autocast_dtype", lambda device, enabled: torch.bfloat16 if enabled else None)
     with caplog.at_level("WARNING", logger="model.train"):
         assert Trainer(config_for(phantom_dataset, output, stage1_epochs=1, mixed_precision=True)).load_state()
-    assert "resuming in bf16 autocast; the saved state was trained in fp32" in caplog.text
+    assert "resuming in bf16 autocast, but the saved state was trained in fp32" in caplog.text
