@@ -260,7 +260,9 @@ class Trainer:
     """Run or resume both training stages and write checkpoints to ``config.output_dir``.
 
     Files written: ``state.pt`` (resumable state, loadable with ``weights_only=True``),
-    ``log.csv`` (one row per epoch), ``stage1_best`` / ``best`` / ``final`` models
+    ``log.csv`` (one row per epoch: stage, epoch, mean loss, validation DSC, the
+    encoder-decoder's learning rate ``lr``, the projection head's ``head_lr`` (empty in
+    stage 1: nan) and seconds), ``stage1_best`` / ``best`` / ``final`` models
     (``.safetensors`` + ``.json``) and ``config.json``.
     """
 
@@ -483,8 +485,14 @@ class Trainer:
         self.history.append(row)
         path = self.config.output_dir / "log.csv"
         new = not path.is_file()
+        fieldnames = list(row)
+        if not new:
+            # A log started by an older version has fewer columns; keep its header so the
+            # rows stay aligned, and leave the new columns out of it.
+            with path.open(newline="") as stream:
+                fieldnames = next(csv.reader(stream), fieldnames)
         with path.open("a", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=list(row))
+            writer = csv.DictWriter(stream, fieldnames=fieldnames, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -630,13 +638,17 @@ class Trainer:
                     "best" if self.stage == 2 else "stage1_best",
                     {"validation_dsc_symmetric_frame": dsc, "stage": self.stage, "epoch": self.epoch},
                 )
+        groups = self.optimizer.param_groups
+        # In stage 2 the second group holds the projection head and any auxiliary output.
+        head_lr = float(groups[1]["lr"]) if len(groups) > 1 else math.nan
         self._log_epoch(
             {
                 "stage": self.stage,
                 "epoch": self.epoch,
                 "loss": float(np.mean(losses)),
                 "val_dsc": dsc,
-                "lr": float(self.optimizer.param_groups[0]["lr"]),
+                "lr": float(groups[0]["lr"]),
+                "head_lr": head_lr,
                 "seconds": time.monotonic() - started,
             }
         )

@@ -159,7 +159,8 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "--weight-decay",
         type=float,
         default=3e-5,
-        help="weight decay: L2 for sgd, decoupled for adamw (default 3e-5)",
+        help="weight decay: L2 for sgd, decoupled for adamw (default 3e-5, nnU-Net's value for SGD, kept "
+        "for adamw so that a change of optimiser changes one thing; torch's own AdamW default is 1e-2)",
     )
     schedule.add_argument("--validate-every", type=int, default=1, help="validate every N epochs (default 1)")
 

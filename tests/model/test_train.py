@@ -92,12 +92,33 @@ def test_resume_continues_into_stage_two(phantom_dataset, tmp_path):
     trainer.run(stages=(1, 2))
     rows = read_log(output)
     assert [(int(r["stage"]), int(r["epoch"])) for r in rows] == [(1, 1), (2, 1)]
+    # Stage 1 has no head. In stage 2 the first epoch runs at the starting learning rates.
+    assert rows[0]["head_lr"] == "nan"
+    assert float(rows[1]["lr"]) == trainer.config.stage2_backbone_learning_rate
+    assert float(rows[1]["head_lr"]) == trainer.config.head_learning_rate
     assert (output / "stage1_final.safetensors").is_file()
     assert trainer.model.head is not None
     training = json.loads((output / "final.json").read_text())["training"]
     assert training["stages_trained"] == [1, 2]
     assert training["initialised_from"] is None
     assert training["target"] == {"label_value": 1}
+
+
+def test_log_from_older_version_keeps_its_columns(phantom_dataset, tmp_path):
+    output = tmp_path / "run"
+    Trainer(config_for(phantom_dataset, output, stage1_epochs=1)).run(stages=(1,))
+    # Rewrite the log as a version without the head_lr column wrote it.
+    old_columns = ["stage", "epoch", "loss", "val_dsc", "lr", "seconds"]
+    rows = read_log(output)
+    with (output / "log.csv").open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=old_columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    Trainer(config_for(phantom_dataset, output, stage1_epochs=2)).run(stages=(1,))
+    lines = (output / "log.csv").read_text().splitlines()
+    assert lines[0] == ",".join(old_columns)
+    assert [line.split(",")[:2] for line in lines[1:]] == [["1", "1"], ["1", "2"]]
+    assert all(len(line.split(",")) == len(old_columns) for line in lines[1:])
 
 
 def test_stage_two_from_stage_one_model(phantom_dataset, tmp_path):
