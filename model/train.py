@@ -261,8 +261,8 @@ class Trainer:
 
     Files written: ``state.pt`` (resumable state, loadable with ``weights_only=True``),
     ``log.csv`` (one row per epoch: stage, epoch, mean loss, validation DSC, the
-    encoder-decoder's learning rate ``lr``, the projection head's ``head_lr`` (empty in
-    stage 1: nan) and seconds), ``stage1_best`` / ``best`` / ``final`` models
+    encoder-decoder's learning rate ``lr``, the projection head's ``head_lr`` (nan in
+    stage 1, which has no head) and seconds), ``stage1_best`` / ``best`` / ``final`` models
     (``.safetensors`` + ``.json``) and ``config.json``.
     """
 
@@ -487,8 +487,8 @@ class Trainer:
         new = not path.is_file()
         fieldnames = list(row)
         if not new:
-            # A log started by an older version has fewer columns; keep its header so the
-            # rows stay aligned, and leave the new columns out of it.
+            # A log started by an older version has fewer columns. Its header is kept so
+            # that the rows stay aligned, and the new columns are left out.
             with path.open(newline="") as stream:
                 fieldnames = next(csv.reader(stream), fieldnames)
         with path.open("a", newline="") as stream:
