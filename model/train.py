@@ -639,7 +639,7 @@ class Trainer:
                     {"validation_dsc_symmetric_frame": dsc, "stage": self.stage, "epoch": self.epoch},
                 )
         groups = self.optimizer.param_groups
-        # In stage 2 the second group holds the projection head and any auxiliary output.
+        # In stage 2 the second group contains the projection head and any auxiliary output.
         head_lr = float(groups[1]["lr"]) if len(groups) > 1 else math.nan
         self._log_epoch(
             {
