@@ -8,8 +8,8 @@ and 4, 12 channels and a batch of 1 were right. Such a depth occurs at the deepe
 of small patches. The wrong values are often of normal size, so the loss does not always
 become NaN and training can go on with corrupted updates. On a 2-core Intel Xeon with AMX,
 the same shapes (depth 2, 16 to 128 channels, batches of 2 and 4) were right, with
-relative errors below 0.005. The fault therefore seems to depend on the CPU (two were
-tried). Other CPUs and torch versions have not been tried, so training always checks.
+relative errors below 0.005, so the fault seems to depend on the CPU. Only these two CPUs
+and torch 2.13.0 were tried, so training checks whenever it would run in bf16 on a CPU.
 
 :func:`autocast_gradient_errors` runs every convolution of a network once at the input
 shape it receives in training, with random input and output gradient, in bf16 autocast

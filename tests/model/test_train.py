@@ -104,7 +104,7 @@ def test_resume_continues_into_stage_two(phantom_dataset, tmp_path):
     assert training["target"] == {"label_value": 1}
 
 
-def test_log_from_older_version_keeps_its_columns(phantom_dataset, tmp_path):
+def test_older_log_keeps_its_columns(phantom_dataset, tmp_path):
     output = tmp_path / "run"
     Trainer(config_for(phantom_dataset, output, stage1_epochs=1)).run(stages=(1,))
     # Rewrite the log as a version without the head_lr column wrote it.
