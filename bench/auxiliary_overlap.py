@@ -47,7 +47,7 @@ class AuxiliaryOutput(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, auxiliary = self.model.segment(x)
+        auxiliary = self.model.segment(x).auxiliary_logits
         assert auxiliary is not None
         return auxiliary
 

@@ -203,8 +203,22 @@ class ResidualUNet(nn.Module):
         """Channels of the last decoder features (the projection head's input)."""
         return self.config.features[0]
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(logits, features)``: ``(N, 1, D, H, W)`` and the last decoder features."""
+    def decoder_scales(self) -> list[Stride]:
+        """Downsampling factor ``(D, H, W)`` of each decoder stage's output, deepest first.
+
+        The last entry is ``(1, 1, 1)``: the last decoder stage works at full resolution.
+        """
+        strides = self.config.strides
+        scales = []
+        for level in range(len(strides) - 1, -1, -1):
+            total = [1, 1, 1]
+            for stride in strides[:level]:
+                total = [t * s for t, s in zip(total, stride, strict=True)]
+            scales.append((total[0], total[1], total[2]))
+        return scales
+
+    def decoder_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Return the output of every decoder stage, deepest first; the last is full resolution."""
         divisor = self.config.divisor
         if any(size % d for size, d in zip(x.shape[2:], divisor, strict=True)):
             raise ValueError(f"input size {tuple(x.shape[2:])} (D, H, W) must be a multiple of {divisor}")
@@ -213,9 +227,16 @@ class ResidualUNet(nn.Module):
         for down, stage in zip(self.downsample, self.encoder[1:], strict=True):
             skips.append(out)
             out = stage(down(out))
+        outputs = []
         for up, stage in zip(self.upsample, self.decoder, strict=True):
             out = stage(torch.cat([up(out), skips.pop()], dim=1))
-        return self.output(out), out
+            outputs.append(out)
+        return outputs
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(logits, features)``: ``(N, 1, D, H, W)`` and the last decoder features."""
+        features = self.decoder_features(x)[-1]
+        return self.output(features), features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return tumour logits ``(N, 1, D, H, W)`` for input ``(N, C, D, H, W)``."""
@@ -256,6 +277,21 @@ class SiameseOutput:
     embedding_flipped: torch.Tensor | None
     auxiliary_logits: torch.Tensor | None = None
     auxiliary_logits_flipped: torch.Tensor | None = None
+    deep_logits: list[torch.Tensor] = field(default_factory=list)
+    deep_logits_flipped: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class SegmentOutput:
+    """Outputs of one branch: tumour logits, auxiliary logits and the deep-supervision logits.
+
+    ``deep_logits[i]`` is at the resolution that :attr:`SATsNetwork.deep_scales` ``[i]``
+    divides the input by.
+    """
+
+    logits: torch.Tensor
+    auxiliary_logits: torch.Tensor | None = None
+    deep_logits: list[torch.Tensor] = field(default_factory=list)
 
 
 class SATsNetwork(nn.Module):
@@ -273,11 +309,21 @@ class SATsNetwork(nn.Module):
         Add a 1x1x1 convolution beside the tumour output that predicts the auxiliary
         structure from the same decoder features. Like the head, it is used in training
         only and is not part of the saved encoder-decoder.
+    deep_supervision
+        Add a 1x1x1 tumour output to each decoder stage between the deepest and the last,
+        as nnU-Net does, so that the loss also reaches the decoder through coarser
+        predictions. Training only, like the head: not part of the saved encoder-decoder.
     """
 
     EMBEDDINGS = ("head", "features", "none")
 
-    def __init__(self, config: NetworkConfig, embedding: str = "none", auxiliary_output: bool = False) -> None:
+    def __init__(
+        self,
+        config: NetworkConfig,
+        embedding: str = "none",
+        auxiliary_output: bool = False,
+        deep_supervision: bool = False,
+    ) -> None:
         super().__init__()
         if embedding not in self.EMBEDDINGS:
             raise ValueError(f"embedding must be one of {self.EMBEDDINGS}, got {embedding!r}")
@@ -287,15 +333,37 @@ class SATsNetwork(nn.Module):
             ProjectionHead(self.unet.feature_channels, config.embedding_channels) if embedding == "head" else None
         )
         self.auxiliary = nn.Conv3d(self.unet.feature_channels, 1, 1) if auxiliary_output else None
+        # Decoder stage i (deepest first) has features[len(strides) - 1 - i] channels. The
+        # deepest stage gets no output (nnU-Net gives it weight 0), nor does the last, which
+        # has the tumour output.
+        stages = len(config.strides)
+        self._deep_stages = list(range(1, stages - 1)) if deep_supervision else []
+        self.deep_outputs = nn.ModuleList([nn.Conv3d(config.features[stages - 1 - i], 1, 1) for i in self._deep_stages])
+
+    @property
+    def deep_scales(self) -> list[Stride]:
+        """Downsampling factor ``(D, H, W)`` of each deep-supervision output, finest first."""
+        scales = self.unet.decoder_scales()
+        return [scales[i] for i in reversed(self._deep_stages)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return tumour logits; inference needs only the encoder-decoder."""
         return self.unet(x)
 
-    def segment(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return tumour logits and auxiliary logits (None without the auxiliary output), each ``(N, 1, D, H, W)``."""
-        logits, features = self.unet.forward_features(x)
-        return logits, None if self.auxiliary is None else self.auxiliary(features)
+    def segment(self, x: torch.Tensor) -> SegmentOutput:
+        """Return the tumour, auxiliary and deep-supervision logits of one branch."""
+        stages = self.unet.decoder_features(x)
+        features = stages[-1]
+        return SegmentOutput(
+            logits=self.unet.output(features),
+            auxiliary_logits=None if self.auxiliary is None else self.auxiliary(features),
+            deep_logits=self._deep(stages),
+        )
+
+    def _deep(self, stages: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Deep-supervision logits from the decoder stages' outputs, finest first."""
+        logits = [output(stages[i]) for i, output in zip(self._deep_stages, self.deep_outputs, strict=True)]
+        return logits[::-1]
 
     def _embed(self, features: torch.Tensor) -> torch.Tensor | None:
         if self.embedding_kind == "head":
@@ -319,9 +387,12 @@ class SATsNetwork(nn.Module):
         if x.shape != x_flipped.shape:
             raise ValueError(f"branch shapes differ: {tuple(x.shape)} vs {tuple(x_flipped.shape)}")
         batch = x.shape[0]
-        logits, features = self.unet.forward_features(torch.cat([x, x_flipped], dim=0))
+        stages = self.unet.decoder_features(torch.cat([x, x_flipped], dim=0))
+        features = stages[-1]
+        logits = self.unet.output(features)
         embedding = self._embed(features)
         auxiliary = None if self.auxiliary is None else self.auxiliary(features)
+        deep = self._deep(stages)
         return SiameseOutput(
             logits=logits[:batch],
             logits_flipped=logits[batch:],
@@ -329,6 +400,8 @@ class SATsNetwork(nn.Module):
             embedding_flipped=None if embedding is None else embedding[batch:],
             auxiliary_logits=None if auxiliary is None else auxiliary[:batch],
             auxiliary_logits_flipped=None if auxiliary is None else auxiliary[batch:],
+            deep_logits=[level[:batch] for level in deep],
+            deep_logits_flipped=[level[batch:] for level in deep],
         )
 
 

@@ -91,6 +91,7 @@ class TrainConfig:
     auxiliary_labels: tuple[int, ...] = ()
     auxiliary_weight: float = 1.0
     auxiliary_negative_weight: float = 1.0
+    deep_supervision: bool = False
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     validate_every: int = 1
     seed: int = 12345
@@ -204,12 +205,21 @@ def normalize_cases(cases: list[PreparedCase], normalization: IntensityNormaliza
     return [replace(case, image_hu=normalization.apply(case.image_hu)) for case in cases]
 
 
+def _first_names(names: list[str], limit: int = 3) -> str:
+    """Return up to ``limit`` parameter names for an error message, or "none"."""
+    if not names:
+        return "none"
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
 #: Optimisers that ``TrainConfig.optimizer`` names.
 OPTIMIZERS = ("sgd", "adamw")
 
 
 def _optimizer(model: SATsNetwork, stage: int, config: TrainConfig) -> torch.optim.Optimizer:
     auxiliary = [] if model.auxiliary is None else list(model.auxiliary.parameters())
+    auxiliary += list(model.deep_outputs.parameters())
     if stage == 1:
         groups = [
             {
@@ -226,8 +236,8 @@ def _optimizer(model: SATsNetwork, stage: int, config: TrainConfig) -> torch.opt
                 "initial_lr": config.stage2_backbone_learning_rate,
             }
         ]
-        # The head and the auxiliary output may start untrained in stage 2, so both get
-        # the head's learning rate.
+        # The head, the auxiliary output and the deep-supervision outputs may start
+        # untrained in stage 2, so they get the head's learning rate.
         new_outputs = (list(model.head.parameters()) if model.head is not None else []) + auxiliary
         if new_outputs:
             groups.append(
@@ -298,6 +308,7 @@ class Trainer:
             config.network,
             embedding=config.embedding,
             auxiliary_output=bool(config.auxiliary_labels) and config.auxiliary_weight > 0,
+            deep_supervision=config.deep_supervision,
         ).to(self.device)
         self.stage = 1
         self.epoch = 0
@@ -352,7 +363,14 @@ class Trainer:
         if saved_precision is not None and saved_precision != self._precision():
             logger.warning("resuming in %s, but the saved state was trained in %s", self._precision(), saved_precision)
         self.stage = int(state["stage"])
-        self.model.load_state_dict(state["model"])
+        loaded = self.model.load_state_dict(state["model"], strict=False)
+        if loaded.missing_keys or loaded.unexpected_keys:
+            raise InputError(
+                f"{self.state_path} holds a network with other training outputs than these settings build "
+                f"(missing {_first_names(loaded.missing_keys)}, unexpected {_first_names(loaded.unexpected_keys)}): "
+                "resume with the --embedding, --auxiliary-labels and --deep-supervision settings the run was "
+                "started with, or start a new run in another output folder"
+            )
         self.optimizer = _optimizer(self.model, self.stage, self.config)
         requested = [dict(group) for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
@@ -430,15 +448,17 @@ class Trainer:
         mask, mask_m = batch.mask.to(self.device), batch.mask_mirrored.to(self.device)
         with autocast_context(self.device, config.mixed_precision):
             if self.stage == 1:
-                logits, auxiliary_logits = self.model.segment(image)
-                loss = segmentation_loss(logits, mask, self._bce_weight(mask, batch.auxiliary))
-                loss = loss + config.auxiliary_weight * self._auxiliary_loss([auxiliary_logits], [batch.auxiliary])
+                single = self.model.segment(image)
+                loss = self._tumour_loss(single.logits, single.deep_logits, mask, batch.auxiliary)
+                loss = loss + config.auxiliary_weight * self._auxiliary_loss(
+                    [single.auxiliary_logits], [batch.auxiliary]
+                )
             else:
                 output = self.model.siamese(image, image_m)
                 loss = (
-                    segmentation_loss(output.logits, mask, self._bce_weight(mask, batch.auxiliary))
-                    + segmentation_loss(
-                        output.logits_flipped, mask_m, self._bce_weight(mask_m, batch.auxiliary_mirrored)
+                    self._tumour_loss(output.logits, output.deep_logits, mask, batch.auxiliary)
+                    + self._tumour_loss(
+                        output.logits_flipped, output.deep_logits_flipped, mask_m, batch.auxiliary_mirrored
                     )
                 ) / 2
                 loss = loss + config.auxiliary_weight * self._auxiliary_loss(
@@ -457,6 +477,29 @@ class Trainer:
         self.scaler.step(self.optimizer)  # skipped when a gradient overflowed
         self.scaler.update()
         return float(loss.detach())
+
+    def _tumour_loss(
+        self,
+        logits: torch.Tensor,
+        deep_logits: list[torch.Tensor],
+        mask: torch.Tensor,
+        auxiliary: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Return the tumour output's Dice + BCE, averaged with its deep-supervision outputs.
+
+        Output k (0: full resolution, then ever coarser) weighs 2^-k, normalised so that the
+        weights sum to 1, as in nnU-Net. A coarse output's target is the tumour fraction of
+        the voxels it covers (average pooling), and its cross-entropy is unweighted.
+        """
+        loss = segmentation_loss(logits, mask, self._bce_weight(mask, auxiliary))
+        if not deep_logits:
+            return loss
+        weights = [2.0**-k for k in range(len(deep_logits) + 1)]
+        loss = weights[0] * loss
+        for weight, level, scale in zip(weights[1:], deep_logits, self.model.deep_scales, strict=True):
+            target = torch.nn.functional.avg_pool3d(mask.float(), kernel_size=scale, stride=scale)
+            loss = loss + weight * segmentation_loss(level, target)
+        return loss / sum(weights)
 
     def _bce_weight(self, mask: torch.Tensor, auxiliary: torch.Tensor | None) -> torch.Tensor | None:
         """Return the tumour cross-entropy's voxel weights, or None when every voxel weighs 1."""

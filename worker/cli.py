@@ -195,6 +195,14 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "--auxiliary-labels. Above 1, tumour predicted there costs more (default 1.0: unchanged)",
     )
 
+    loss.add_argument(
+        "--deep-supervision",
+        action="store_true",
+        help="add training-only tumour outputs to the decoder stages between the deepest and the last, as "
+        "nnU-Net does; each coarser output weighs half the one before (default: off; the saved model and "
+        "inference are the same either way)",
+    )
+
     run = parser.add_argument_group("run")
     run.add_argument("-o", "--output", type=Path, required=True, help="run folder for checkpoints and logs")
     run.add_argument("--name", default="sats", help="model name written into the metadata (default sats)")
@@ -263,6 +271,7 @@ def _run_train(args: argparse.Namespace) -> int:
         auxiliary_labels=args.auxiliary_labels,
         auxiliary_weight=args.auxiliary_weight,
         auxiliary_negative_weight=args.auxiliary_negative_weight,
+        deep_supervision=args.deep_supervision,
         validate_every=args.validate_every,
         seed=args.seed,
         mixed_precision=not args.no_mixed_precision,

@@ -121,9 +121,10 @@ def test_auxiliary_output_per_branch():
     assert output.auxiliary_logits is not None
     assert output.auxiliary_logits.shape == (1, 1, 16, 32, 32)
     assert torch.allclose(output.auxiliary_logits_flipped, network.auxiliary(features), atol=1e-5)
-    logits, auxiliary = network.segment(volume)
-    assert torch.allclose(logits, output.logits, atol=1e-5)
-    assert torch.allclose(auxiliary, output.auxiliary_logits, atol=1e-5)
+    single = network.segment(volume)
+    assert torch.allclose(single.logits, output.logits, atol=1e-5)
+    assert single.auxiliary_logits is not None
+    assert torch.allclose(single.auxiliary_logits, output.auxiliary_logits, atol=1e-5)
 
 
 def test_auxiliary_output_not_in_unet():
@@ -131,6 +132,37 @@ def test_auxiliary_output_not_in_unet():
     network = SATsNetwork(TINY, embedding="none", auxiliary_output=True)
     assert not any(name.startswith("auxiliary") for name in network.unet.state_dict())
     assert "auxiliary.weight" in network.state_dict()
-    assert network.segment(zeros)[1] is not None
-    assert SATsNetwork(TINY).segment(zeros)[1] is None
+    assert network.segment(zeros).auxiliary_logits is not None
+    assert SATsNetwork(TINY).segment(zeros).auxiliary_logits is None
     assert SATsNetwork(TINY).siamese(zeros, zeros).auxiliary_logits is None
+
+
+def test_deep_supervision_outputs_between_deepest_and_last_stage():
+    torch.manual_seed(0)
+    config = NetworkConfig(base_features=4, max_features=16, strides=((1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2)))
+    network = SATsNetwork(config, embedding="head", deep_supervision=True).eval()
+    # Decoder stages, deepest first, work at 1/(4,8,8), 1/(2,4,4), 1/(1,2,2) and full
+    # resolution; the outputs are on the two in between, finest first.
+    assert network.unet.decoder_scales() == [(4, 8, 8), (2, 4, 4), (1, 2, 2), (1, 1, 1)]
+    assert network.deep_scales == [(1, 2, 2), (2, 4, 4)]
+    volume = torch.randn(1, 1, 16, 32, 32)
+    single = network.segment(volume)
+    assert [tuple(level.shape) for level in single.deep_logits] == [(1, 1, 16, 16, 16), (1, 1, 8, 8, 8)]
+    assert torch.allclose(single.logits, network(volume), atol=1e-5)
+    mirrored = torch.flip(volume, dims=(-1,))
+    pair = network.siamese(volume, mirrored)
+    for level, alone in zip(pair.deep_logits, single.deep_logits, strict=True):
+        assert torch.allclose(level, alone, atol=1e-5)
+    for level, alone in zip(pair.deep_logits_flipped, network.segment(mirrored).deep_logits, strict=True):
+        assert torch.allclose(level, alone, atol=1e-5)
+    # The saved encoder-decoder is the same with or without the training-only outputs.
+    assert set(network.unet.state_dict()) == set(SATsNetwork(config).unet.state_dict())
+    assert any(name.startswith("deep_outputs") for name in network.state_dict())
+
+
+def test_no_deep_supervision_without_it():
+    zeros = torch.zeros(1, 1, 16, 32, 32)
+    network = SATsNetwork(TINY)
+    assert network.deep_scales == []
+    assert network.segment(zeros).deep_logits == []
+    assert network.siamese(zeros, zeros).deep_logits_flipped == []

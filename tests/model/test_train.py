@@ -313,3 +313,50 @@ def test_precision_change_logged_on_resume(phantom_dataset, tmp_path, caplog, mo
     with caplog.at_level("WARNING", logger="model.train"):
         assert Trainer(config_for(phantom_dataset, output, stage1_epochs=1, mixed_precision=True)).load_state()
     assert "resuming in bf16 autocast, but the saved state was trained in fp32" in caplog.text
+
+
+def test_deep_supervision_trains_in_both_stages(phantom_dataset, tmp_path):
+    output = tmp_path / "run"
+    trainer = Trainer(config_for(phantom_dataset, output, stage1_epochs=1, deep_supervision=True))
+    assert trainer.model.deep_scales == [(2, 2, 2), (4, 4, 4)]
+    initial = [output_layer.weight.detach().clone() for output_layer in trainer.model.deep_outputs]
+    trainer.run(stages=(1, 2))
+
+    assert [(int(r["stage"]), int(r["epoch"])) for r in read_log(output)] == [(1, 1), (2, 1)]
+    for output_layer, before in zip(trainer.model.deep_outputs, initial, strict=True):
+        assert not torch.equal(output_layer.weight.detach(), before)
+    assert "deep_outputs.1.weight" in torch.load(output / "state.pt", weights_only=True)["model"]
+    assert json.loads((output / "final.json").read_text())["training"]["deep_supervision"] is True
+    unet, _ = load_model(output / "final.safetensors")
+    assert not any("deep" in name for name in unet.state_dict())
+
+
+def test_deep_supervision_targets_are_pooled_masks(phantom_dataset, tmp_path):
+    trainer = Trainer(config_for(phantom_dataset, tmp_path, deep_supervision=True))
+    mask = torch.zeros(1, 1, 16, 32, 32)
+    mask[..., 4:8, 8:12, 20:24] = 1  # one 4x4x4 block on the coarsest output's grid
+    coarse = torch.zeros(1, 1, 4, 8, 8)
+    coarse[..., 1, 2, 5] = 1
+    middle = torch.nn.functional.interpolate(coarse, scale_factor=2.0)
+
+    def logits(target):
+        return 40 * target - 20  # confident and right wherever the target is 0 or 1
+
+    right = trainer._tumour_loss(logits(mask), [logits(middle), logits(coarse)], mask, None)
+    assert float(right) < 1e-3
+    # The same block one coarse voxel to the left is wrong in both coarse outputs.
+    shifted = torch.roll(coarse, 1, dims=-1)
+    wrong = trainer._tumour_loss(
+        logits(mask), [logits(torch.nn.functional.interpolate(shifted, scale_factor=2.0)), logits(shifted)], mask, None
+    )
+    # In each coarse output the Dice loss is 1 and the cross-entropy is 20 at the wrong
+    # voxels (16 of 2,048 and 2 of 256), and the two weigh 2/7 and 1/7 of the total.
+    assert float(wrong) == pytest.approx(3 / 7 * (1 + 20 * 16 / 2048), rel=1e-3)
+
+
+def test_resume_with_other_outputs_rejected(phantom_dataset, tmp_path):
+    output = tmp_path / "run"
+    Trainer(config_for(phantom_dataset, output, stage1_epochs=1, deep_supervision=True)).run(stages=(1,))
+    trainer = Trainer(config_for(phantom_dataset, output, stage1_epochs=2))
+    with pytest.raises(InputError, match=r"unexpected deep_outputs\.0\.weight.*--deep-supervision"):
+        trainer.load_state()

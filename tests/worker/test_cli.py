@@ -172,6 +172,24 @@ def test_train_error_prints_no_bar(tmp_path, capsys, caplog):
     assert not output.exists()
 
 
+def test_train_deep_supervision_reaches_the_run(tmp_path):
+    for index in range(3):
+        phantom = make_phantom(size_xyz=(64, 64, 20), spacing_xyz_mm=(3.0, 3.0, 4.0), seed=index)
+        for folder, name, image in (
+            ("imagesTr", f"p{index}_0000", phantom.ct),
+            ("labelsTr", f"p{index}", phantom.lesion),
+        ):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            sitk.WriteImage(image, str(tmp_path / folder / f"{name}.nii.gz"))
+    output = tmp_path / "run"
+    tiny = ["--spacing", "4,4,4", "--patch", "16,32,32", "--base-features", "4", "--max-features", "8"]
+    schedule = ["--stages", "1", "--stage1-epochs", "1", "--iterations", "1", "--validation-fraction", "0.34"]
+    options = ["--symmetrization", "self", "--no-mixed-precision", "--deep-supervision"]
+    assert main(["train", str(tmp_path), "-o", str(output), *tiny, *schedule, *options]) == 0
+    assert json.loads((output / "final.json").read_text())["training"]["deep_supervision"] is True
+    assert build_parser().parse_args(["train", "data", "-o", "run"]).deep_supervision is False
+
+
 def test_train_momentum_only_with_sgd(tmp_path, caplog):
     output = tmp_path / "run"
     code = main(["train", str(tmp_path), "-o", str(output), "--optimizer", "adamw", "--momentum", "0.9"])
