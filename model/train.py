@@ -13,6 +13,10 @@ Dice + BCE weighted by ``auxiliary_weight``. It is used in training only, and a 
 0 leaves it out. ``auxiliary_negative_weight`` instead multiplies the tumour output's
 cross-entropy on the auxiliary voxels outside the tumour, so that predicting tumour there
 costs more. A factor of 1 leaves the loss as it is.
+
+With ``deep_supervision``, the decoder stages between the deepest and the last get
+training-only tumour outputs too, and the tumour loss averages them with the full-resolution
+output (see :meth:`Trainer._tumour_loss`).
 """
 
 from __future__ import annotations
@@ -218,12 +222,13 @@ OPTIMIZERS = ("sgd", "adamw")
 
 
 def _optimizer(model: SATsNetwork, stage: int, config: TrainConfig) -> torch.optim.Optimizer:
-    auxiliary = [] if model.auxiliary is None else list(model.auxiliary.parameters())
-    auxiliary += list(model.deep_outputs.parameters())
+    # Training-only outputs beside the tumour output: the auxiliary and deep-supervision outputs.
+    extra_outputs = [] if model.auxiliary is None else list(model.auxiliary.parameters())
+    extra_outputs += list(model.deep_outputs.parameters())
     if stage == 1:
         groups = [
             {
-                "params": list(model.unet.parameters()) + auxiliary,
+                "params": list(model.unet.parameters()) + extra_outputs,
                 "lr": config.learning_rate,
                 "initial_lr": config.learning_rate,
             }
@@ -238,7 +243,7 @@ def _optimizer(model: SATsNetwork, stage: int, config: TrainConfig) -> torch.opt
         ]
         # The head, the auxiliary output and the deep-supervision outputs may start
         # untrained in stage 2, so they get the head's learning rate.
-        new_outputs = (list(model.head.parameters()) if model.head is not None else []) + auxiliary
+        new_outputs = (list(model.head.parameters()) if model.head is not None else []) + extra_outputs
         if new_outputs:
             groups.append(
                 {
@@ -366,7 +371,7 @@ class Trainer:
         loaded = self.model.load_state_dict(state["model"], strict=False)
         if loaded.missing_keys or loaded.unexpected_keys:
             raise InputError(
-                f"{self.state_path} holds a network with other training outputs than these settings build "
+                f"{self.state_path} contains a network whose training outputs differ from those of these settings "
                 f"(missing {_first_names(loaded.missing_keys)}, unexpected {_first_names(loaded.unexpected_keys)}): "
                 "resume with the --embedding, --auxiliary-labels and --deep-supervision settings the run was "
                 "started with, or start a new run in another output folder"

@@ -334,7 +334,7 @@ def test_deep_supervision_trains_in_both_stages(phantom_dataset, tmp_path):
 def test_deep_supervision_targets_are_pooled_masks(phantom_dataset, tmp_path):
     trainer = Trainer(config_for(phantom_dataset, tmp_path, deep_supervision=True))
     mask = torch.zeros(1, 1, 16, 32, 32)
-    mask[..., 4:8, 8:12, 20:24] = 1  # one 4x4x4 block on the coarsest output's grid
+    mask[..., 4:8, 8:12, 20:24] = 1  # a 4x4x4 block: one voxel of the coarsest output
     coarse = torch.zeros(1, 1, 4, 8, 8)
     coarse[..., 1, 2, 5] = 1
     middle = torch.nn.functional.interpolate(coarse, scale_factor=2.0)
@@ -344,7 +344,7 @@ def test_deep_supervision_targets_are_pooled_masks(phantom_dataset, tmp_path):
 
     right = trainer._tumour_loss(logits(mask), [logits(middle), logits(coarse)], mask, None)
     assert float(right) < 1e-3
-    # The same block one coarse voxel to the left is wrong in both coarse outputs.
+    # The block shifted by one coarse voxel along W is wrong in both coarse outputs.
     shifted = torch.roll(coarse, 1, dims=-1)
     wrong = trainer._tumour_loss(
         logits(mask), [logits(torch.nn.functional.interpolate(shifted, scale_factor=2.0)), logits(shifted)], mask, None
