@@ -75,12 +75,18 @@ class NetworkConfig:
         return [min(self.base_features * 2**level, self.max_features) for level in range(len(self.strides) + 1)]
 
     @property
+    def level_scales(self) -> list[Stride]:
+        """Downsampling factor ``(D, H, W)`` of each level, from full resolution to the bottleneck."""
+        scales: list[Stride] = [(1, 1, 1)]
+        for stride in self.strides:
+            previous = scales[-1]
+            scales.append((previous[0] * stride[0], previous[1] * stride[1], previous[2] * stride[2]))
+        return scales
+
+    @property
     def divisor(self) -> tuple[int, int, int]:
         """Factor that each patch dimension ``(D, H, W)`` must be a multiple of."""
-        total = [1, 1, 1]
-        for stride in self.strides:
-            total = [t * s for t, s in zip(total, stride, strict=True)]
-        return (total[0], total[1], total[2])
+        return self.level_scales[-1]
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable description (lists for tuples)."""
@@ -206,19 +212,13 @@ class ResidualUNet(nn.Module):
     def decoder_scales(self) -> list[Stride]:
         """Downsampling factor ``(D, H, W)`` of each decoder stage's output, deepest first.
 
-        The last entry is ``(1, 1, 1)``: the last decoder stage works at full resolution.
+        Decoder stage i works at level ``len(strides) - 1 - i``, so the last entry is
+        ``(1, 1, 1)``: the last decoder stage works at full resolution.
         """
-        strides = self.config.strides
-        scales = []
-        for level in range(len(strides) - 1, -1, -1):
-            total = [1, 1, 1]
-            for stride in strides[:level]:
-                total = [t * s for t, s in zip(total, stride, strict=True)]
-            scales.append((total[0], total[1], total[2]))
-        return scales
+        return self.config.level_scales[-2::-1]
 
     def decoder_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Return the output of every decoder stage, deepest first; the last is full resolution."""
+        """Return the output of every decoder stage, deepest first, so the last is at full resolution."""
         divisor = self.config.divisor
         if any(size % d for size, d in zip(x.shape[2:], divisor, strict=True)):
             raise ValueError(f"input size {tuple(x.shape[2:])} (D, H, W) must be a multiple of {divisor}")
@@ -335,16 +335,16 @@ class SATsNetwork(nn.Module):
         self.auxiliary = nn.Conv3d(self.unet.feature_channels, 1, 1) if auxiliary_output else None
         # Decoder stage i (deepest first) has features[len(strides) - 1 - i] channels. The
         # deepest stage gets no output (nnU-Net gives it weight 0), nor does the last, which
-        # has the tumour output.
+        # has the tumour output. The stages are listed finest first, like the outputs.
         stages = len(config.strides)
-        self._deep_stages = list(range(1, stages - 1)) if deep_supervision else []
+        self._deep_stages = list(range(stages - 2, 0, -1)) if deep_supervision else []
         self.deep_outputs = nn.ModuleList([nn.Conv3d(config.features[stages - 1 - i], 1, 1) for i in self._deep_stages])
 
     @property
     def deep_scales(self) -> list[Stride]:
         """Downsampling factor ``(D, H, W)`` of each deep-supervision output, finest first."""
         scales = self.unet.decoder_scales()
-        return [scales[i] for i in reversed(self._deep_stages)]
+        return [scales[i] for i in self._deep_stages]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return tumour logits; inference needs only the encoder-decoder."""
@@ -361,9 +361,8 @@ class SATsNetwork(nn.Module):
         )
 
     def _deep(self, stages: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Deep-supervision logits from the decoder stages' outputs, finest first."""
-        logits = [output(stages[i]) for i, output in zip(self._deep_stages, self.deep_outputs, strict=True)]
-        return logits[::-1]
+        """Apply the deep-supervision outputs to their decoder stages and return the logits, finest first."""
+        return [output(stages[i]) for i, output in zip(self._deep_stages, self.deep_outputs, strict=True)]
 
     def _embed(self, features: torch.Tensor) -> torch.Tensor | None:
         if self.embedding_kind == "head":

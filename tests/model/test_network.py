@@ -137,12 +137,12 @@ def test_auxiliary_output_not_in_unet():
     assert SATsNetwork(TINY).siamese(zeros, zeros).auxiliary_logits is None
 
 
-def test_deep_supervision_outputs_between_deepest_and_last_stage():
+def test_deep_outputs_on_middle_stages():
     torch.manual_seed(0)
     config = NetworkConfig(base_features=4, max_features=16, strides=((1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2)))
     network = SATsNetwork(config, embedding="head", deep_supervision=True).eval()
     # Decoder stages, deepest first, work at 1/(4,8,8), 1/(2,4,4), 1/(1,2,2) and full
-    # resolution; the outputs are on the two in between, finest first.
+    # resolution. The outputs are on the two in between, finest first.
     assert network.unet.decoder_scales() == [(4, 8, 8), (2, 4, 4), (1, 2, 2), (1, 1, 1)]
     assert network.deep_scales == [(1, 2, 2), (2, 4, 4)]
     volume = torch.randn(1, 1, 16, 32, 32)
@@ -160,7 +160,7 @@ def test_deep_supervision_outputs_between_deepest_and_last_stage():
     assert any(name.startswith("deep_outputs") for name in network.state_dict())
 
 
-def test_no_deep_supervision_without_it():
+def test_deep_outputs_off_by_default():
     zeros = torch.zeros(1, 1, 16, 32, 32)
     network = SATsNetwork(TINY)
     assert network.deep_scales == []
